@@ -1,0 +1,1 @@
+"""Applications built on joules; the flagship is the spam detector."""

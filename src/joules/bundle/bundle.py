@@ -1,0 +1,115 @@
+"""A bundle: the directory that is registered, optimized and served as one unit."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from joules.bundle.safety import scan_directory
+from joules.bundle.spec import SPEC_FILE, TOKENIZER_INPUTS, BundleSpec
+from joules.errors import BundleError
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    spec: BundleSpec
+
+    @classmethod
+    def load(cls, path: str | Path, *, check_model: bool = True) -> Bundle:
+        """Read and validate a bundle directory. Pickles anywhere in it are refused."""
+        root = Path(path)
+        if not root.is_dir():
+            raise BundleError(f"bundle {str(root)!r} is not a directory")
+        scan_directory(root)
+        spec = BundleSpec.read(root)
+        bundle = cls(root, spec)
+        bundle.validate(check_model=check_model)
+        return bundle
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / self.spec.model
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.path / self.spec.preprocess.tokenizer
+
+    def file(self, role: str) -> Path | None:
+        """The file playing ``role`` (e.g. "dataset", "weights_config"), if the bundle has one."""
+        rel = self.spec.files.get(role)
+        return self.path / rel if rel else None
+
+    def validate(self, *, check_model: bool = True) -> None:
+        spec = self.spec
+        if not self.model_path.is_file():
+            raise BundleError(f"bundle {str(self.path)!r}: model file {spec.model!r} is missing")
+        if spec.preprocess.kind == "text" and not self.tokenizer_path.is_file():
+            raise BundleError(f"bundle {str(self.path)!r}: tokenizer file {spec.preprocess.tokenizer!r} is missing")
+        for role, rel in spec.files.items():
+            if not (self.path / rel).is_file():
+                raise BundleError(f"bundle {str(self.path)!r}: the {role} file {rel!r} named in {SPEC_FILE} is missing")
+        if check_model:
+            self._check_graph()
+
+    def _check_graph(self) -> None:
+        """The ONNX graph's inputs and outputs agree with joules.yaml (reads the graph, not the weights)."""
+        import onnx
+
+        try:
+            model = onnx.load(str(self.model_path), load_external_data=False)
+        except Exception as e:  # onnx raises DecodeError and others: all mean "not an ONNX model"
+            raise BundleError(
+                f"bundle {str(self.path)!r}: {self.spec.model!r} is not a readable ONNX model ({e})"
+            ) from e
+        initializers = {i.name for i in model.graph.initializer}
+        graph_inputs = [i.name for i in model.graph.input if i.name not in initializers]
+        outputs = [o.name for o in model.graph.output]
+        declared = [i.name for i in self.spec.inputs]
+        if sorted(graph_inputs) != sorted(declared):
+            raise BundleError(
+                f"bundle {str(self.path)!r}: {SPEC_FILE} declares inputs {declared} but the graph takes {graph_inputs}"
+            )
+        if self.spec.postprocess.output not in outputs:
+            raise BundleError(
+                f"bundle {str(self.path)!r}: postprocess.output {self.spec.postprocess.output!r} "
+                f"is not a graph output; outputs are {outputs}"
+            )
+        if self.spec.preprocess.kind == "text":
+            unknown = [n for n in graph_inputs if n not in TOKENIZER_INPUTS]
+            if unknown:
+                raise BundleError(
+                    f"bundle {str(self.path)!r}: a text model's inputs must come from the tokenizer "
+                    f"({list(TOKENIZER_INPUTS)}); {unknown} cannot be fed"
+                )
+
+    def files(self) -> list[Path]:
+        """Every file of the bundle, relative to its directory, sorted."""
+        return sorted(p.relative_to(self.path) for p in self.path.rglob("*") if p.is_file())
+
+    def checksums(self) -> dict[str, str]:
+        return {str(rel): sha256_file(self.path / rel) for rel in self.files()}
+
+    def size_bytes(self) -> int:
+        return sum((self.path / rel).stat().st_size for rel in self.files())
+
+    def with_spec(self, **changes: Any) -> Bundle:
+        """The same directory with spec fields changed in memory (call ``save`` to write)."""
+        return Bundle(self.path, replace(self.spec, **changes))
+
+    def save(self) -> None:
+        self.spec.write(self.path)

@@ -1,0 +1,185 @@
+"""``joules.yaml``: what a bundle is and how to run it.
+
+Frozen keyword-only dataclasses; validation in ``__post_init__``. The YAML is
+read with line numbers kept, so rule errors point at the right line of the
+file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from joules.decide import RuleSet
+from joules.errors import BundleError
+
+SPEC_FILE = "joules.yaml"
+FORMAT_VERSION = 1
+DTYPES = ("float32", "float16", "int64", "int32", "bool", "string")
+DEFAULT_MAX_LENGTH = 128
+# Tokenizer outputs and the model input names they feed (BERT family convention).
+TOKENIZER_INPUTS = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
+
+
+class Task(StrEnum):
+    TEXT_CLASSIFICATION = "text-classification"
+    CLASSIFICATION = "classification"  # numeric tensors in, classes out
+
+
+class Activation(StrEnum):
+    SOFTMAX = "softmax"
+    SIGMOID = "sigmoid"
+    NONE = "none"  # the model already outputs probabilities
+
+
+@dataclass(frozen=True, kw_only=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise BundleError(f"input {self.name!r}: dtype {self.dtype!r} is not one of {list(DTYPES)}")
+        object.__setattr__(self, "shape", tuple(self.shape))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Preprocess:
+    """``text``: tokenize a text field; ``tensors``: the request carries the model inputs."""
+
+    kind: str = "text"
+    tokenizer: str = "tokenizer.json"
+    max_length: int = DEFAULT_MAX_LENGTH
+    text_field: str = "text"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("text", "tensors"):
+            raise BundleError(f"preprocess.kind {self.kind!r} is not 'text' or 'tensors'")
+        if not isinstance(self.max_length, int) or not 1 <= self.max_length <= 8192:
+            raise BundleError(f"preprocess.max_length must be a whole number in [1, 8192], got {self.max_length!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Postprocess:
+    output: str
+    labels: tuple[str, ...]
+    activation: Activation = Activation.SOFTMAX
+    positive_label: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "activation", Activation(self.activation))
+        object.__setattr__(self, "labels", tuple(str(x) for x in self.labels))
+        if len(self.labels) < 1 or len(set(self.labels)) != len(self.labels):
+            raise BundleError(f"postprocess.labels must be distinct class names, got {list(self.labels)}")
+        if self.positive_label is not None and self.positive_label not in self.labels:
+            raise BundleError(f"postprocess.positive_label {self.positive_label!r} is not one of {list(self.labels)}")
+
+    @property
+    def positive(self) -> str:
+        """The class whose F1 is reported: the declared one, else the last label."""
+        return self.positive_label or self.labels[-1]
+
+
+@dataclass(frozen=True, kw_only=True)
+class BundleSpec:
+    name: str
+    task: Task
+    inputs: tuple[TensorSpec, ...]
+    preprocess: Preprocess
+    postprocess: Postprocess
+    model: str = "model.onnx"
+    rules: dict[str, Any] | None = None
+    lineage: tuple[dict[str, Any], ...] = ()
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Optional files with a role: "weights" (config.json + model.safetensors for fine-tuning),
+    # "dataset" (the split the metrics were measured on).
+    files: dict[str, str] = field(default_factory=dict)
+    format: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "task", Task(self.task))
+        object.__setattr__(self, "inputs", tuple(self.inputs))
+        object.__setattr__(self, "lineage", tuple(self.lineage))
+        if self.format != FORMAT_VERSION:
+            raise BundleError(
+                f"joules.yaml format {self.format!r} is not supported (this joules reads {FORMAT_VERSION})"
+            )
+        if self.task is Task.TEXT_CLASSIFICATION and self.preprocess.kind != "text":
+            raise BundleError("a text-classification bundle needs preprocess.kind: text")
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.postprocess.labels
+
+    def ruleset(self, source: str = SPEC_FILE) -> RuleSet | None:
+        if self.rules is None:
+            return None
+        return RuleSet.from_dict(self.rules, self.labels, source)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["task"] = str(self.task)
+        d["postprocess"]["activation"] = str(self.postprocess.activation)
+        d["postprocess"]["labels"] = list(self.postprocess.labels)
+        d["inputs"] = [{**asdict(i), "shape": list(i.shape)} for i in self.inputs]
+        d["lineage"] = list(self.lineage)
+        order = [
+            "format",
+            "name",
+            "task",
+            "model",
+            "inputs",
+            "preprocess",
+            "postprocess",
+            "rules",
+            "files",
+            "lineage",
+            "metrics",
+        ]
+        return {k: d[k] for k in order}
+
+    def write(self, directory: Path) -> Path:
+        path = directory / SPEC_FILE
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8")
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = SPEC_FILE) -> BundleSpec:
+        if not isinstance(data, dict):
+            raise BundleError(f"{source}: expected a mapping, got {type(data).__name__}")
+        try:
+            inputs = tuple(TensorSpec(**i) for i in data.get("inputs") or [])
+            pre = Preprocess(**(data.get("preprocess") or {}))
+            post = Postprocess(**data["postprocess"])
+            rest = {k: v for k, v in data.items() if k not in ("inputs", "preprocess", "postprocess")}
+            return cls(inputs=inputs, preprocess=pre, postprocess=post, **rest)
+        except KeyError as e:
+            raise BundleError(f"{source}: missing required field {e.args[0]!r}") from e
+        except TypeError as e:
+            raise BundleError(f"{source}: {e}") from e
+        except ValueError as e:
+            raise BundleError(f"{source}: {e}") from e
+
+    @classmethod
+    def read(cls, directory: Path) -> BundleSpec:
+        path = directory / SPEC_FILE
+        if not path.is_file():
+            raise BundleError(f"{str(directory)!r} is not a bundle: it has no {SPEC_FILE}")
+        text = path.read_text(encoding="utf-8")
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise BundleError(f"{path}: not valid YAML: {e}") from e
+        spec = cls.from_dict(data, str(path))
+        if spec.rules is not None:
+            # Re-parse the rules from the node so that errors carry joules.yaml line numbers.
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
+            if root is not None:
+                node = next(v for k, v in root.value if getattr(k, "value", None) == "rules")
+                RuleSet.from_node(node, spec.labels, str(path))
+        return spec

@@ -1,0 +1,1 @@
+"""The ``joules`` command: thin argument parsing over library calls."""

@@ -1,0 +1,98 @@
+"""``joules predict`` (one-off) and ``joules batch`` (files)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from joules.cli.common import add_predict_options, runtime_options
+from joules.cli.output import info, print_json, print_table
+
+
+def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
+    p = sub.add_parser("predict", help="predict a few texts and print label, probabilities and action")
+    p.add_argument("ref", metavar="NAME[:VERSION]")
+    p.add_argument("texts", nargs="+", metavar="TEXT")
+    p.add_argument("--json", action="store_true")
+    add_predict_options(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("batch", help="score a CSV, JSONL or Parquet file, resumably")
+    p.add_argument("ref", metavar="NAME[:VERSION]")
+    p.add_argument("input", type=Path)
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--id-column", default="id")
+    p.add_argument("--batch-size", type=int, default=64, help="rows per model call (default 64)")
+    p.add_argument("--chunk-rows", type=int, default=1024, help="rows per checkpoint (default 1024)")
+    p.add_argument("--input-format", choices=["csv", "jsonl", "parquet"])
+    p.add_argument("--output-format", choices=["csv", "jsonl", "parquet"])
+    p.add_argument("--overwrite", action="store_true", help="start over, replacing the output and any checkpoint")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    add_predict_options(p)
+    p.set_defaults(func=cmd_batch)
+
+
+def _predictor(args: argparse.Namespace, **options: Any) -> Any:
+    from joules.runtime import load_predictor
+
+    return load_predictor(args.ref, rules_file=args.rules, options=runtime_options(args, **options))
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    predictor = _predictor(args)
+    result = predictor.predict_texts(args.texts)
+    records = result.records()
+    if args.json:
+        print_json(
+            {
+                "model": predictor.name,
+                "version": predictor.version,
+                "predictions": records,
+                "energy_j": result.measurement.energy_j,
+            }
+        )
+        return 0
+    rows = [
+        [
+            t if len(t) <= 50 else t[:47] + "...",
+            r["label"],
+            " ".join(f"{k}={v:.4f}" for k, v in r["probabilities"].items()),
+            r["action"] or "",
+        ]
+        for t, r in zip(args.texts, records, strict=True)
+    ]
+    print_table(rows, ["text", "label", "probabilities", "action"])
+    return 0
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from joules.serve.batch import BatchConfig, run_batch
+
+    config = BatchConfig(
+        input=args.input,
+        output=args.output,
+        text_column=args.text_column,
+        id_column=args.id_column,
+        input_format=args.input_format,
+        output_format=args.output_format,
+        chunk_rows=args.chunk_rows,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    predictor = _predictor(args, max_batch_size=args.batch_size, allow_spinning=True)
+    summary = run_batch(predictor, config).to_dict()
+    if args.json:
+        print_json(summary)
+        return 0
+    info(
+        f"model {summary['model']}: {summary['rows']:,} rows, {summary['errors']:,} errors "
+        f"({summary['errors_file']}), {summary['processed']:,} scored by this run "
+        f"at {summary['rows_per_s']:,.0f} rows/s"
+    )
+    print_table([[k, v] for k, v in summary["actions"].items()], ["action", "rows"])
+    print(f"modelled energy {summary['energy_j']:.1f} J ({summary['energy_j_per_1000']:.2f} J per 1,000 predictions)")
+    print(f"output: {summary['output']}")
+    return 0

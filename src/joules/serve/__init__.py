@@ -1,0 +1,1 @@
+"""Serving: batch (files), online (HTTP) and stream (brokers), all through one Predictor."""

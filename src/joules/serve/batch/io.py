@@ -1,0 +1,306 @@
+"""Batch inputs and outputs: CSV, JSONL and Parquet, read in chunks, written resumably.
+
+Readers yield one ``Row`` per input row, in order, with either its text or the
+reason it cannot be scored. Writers append to a file that can be cut back to
+the last checkpoint (CSV, JSONL) or add one part file per chunk (Parquet).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from joules.errors import DataError
+
+FORMATS = ("csv", "jsonl", "parquet")
+_SUFFIXES = {
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+def detect_format(path: Path, given: str | None = None) -> str:
+    if given:
+        if given not in FORMATS:
+            raise DataError(f"unknown format {given!r}; formats are {list(FORMATS)}")
+        return given
+    fmt = _SUFFIXES.get(path.suffix.lower())
+    if fmt is None:
+        raise DataError(
+            f"cannot tell the format of {str(path)!r} from its extension {path.suffix!r}; "
+            f"use .csv, .jsonl or .parquet, or pass --input-format/--output-format"
+        )
+    return fmt
+
+
+@dataclass(frozen=True)
+class Row:
+    index: int  # 0-based position among the input's rows
+    id: Any
+    text: str | None
+    error: str | None = None
+    line: int | None = None
+
+
+def _bad_utf8(value: str) -> bool:
+    """Text decoded with surrogateescape carries lone surrogates where bytes were not UTF-8."""
+    return any("\udc80" <= ch <= "\udcff" for ch in value)
+
+
+def _check_text(text: Any, column: str) -> str | None:
+    if text is None:
+        return f"missing {column!r} column value"
+    if not isinstance(text, str):
+        return f"{column!r} must be a string, got {type(text).__name__}"
+    if _bad_utf8(text):
+        return f"invalid UTF-8 in {column!r}"
+    if not text.strip():
+        return f"empty {column!r}"
+    return None
+
+
+def read_rows(path: Path, fmt: str, text_column: str, id_column: str, *, skip: int = 0) -> Iterator[Row]:
+    """Every input row from the ``skip``-th on."""
+    if not path.is_file():
+        raise DataError(f"input file {str(path)!r} does not exist")
+    reader = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet}[fmt]
+    return reader(path, text_column, id_column, skip)
+
+
+def _read_csv(path: Path, text_column: str, id_column: str, skip: int) -> Iterator[Row]:
+    with path.open(encoding="utf-8", errors="surrogateescape", newline="") as f:
+        reader = csv.reader(f)
+        try:
+            header = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise DataError(f"{path}: cannot read the CSV header: {e}") from None
+        header = [h.lstrip("\ufeff") if i == 0 else h for i, h in enumerate(header)]
+        if text_column not in header:
+            raise DataError(f"{path}: no {text_column!r} column; columns are {header} (use --text-column)")
+        t = header.index(text_column)
+        k = header.index(id_column) if id_column in header else None
+        index = 0
+        while True:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                if index >= skip:
+                    yield Row(index, index, None, f"malformed CSV line: {e}", reader.line_num)
+                index += 1
+                continue
+            if not fields:
+                continue  # blank line: not a row
+            if index >= skip:
+                row_id = fields[k] if k is not None and k < len(fields) else index
+                if len(fields) != len(header):
+                    yield Row(
+                        index,
+                        row_id,
+                        None,
+                        f"malformed CSV line: {len(fields)} fields, the header has {len(header)}",
+                        reader.line_num,
+                    )
+                elif isinstance(row_id, str) and _bad_utf8(row_id):
+                    yield Row(index, index, None, f"invalid UTF-8 in {id_column!r}", reader.line_num)
+                else:
+                    text = fields[t]
+                    err = _check_text(text, text_column)
+                    yield Row(index, row_id, None if err else text, err, reader.line_num)
+            index += 1
+
+
+def _read_jsonl(path: Path, text_column: str, id_column: str, skip: int) -> Iterator[Row]:
+    with path.open("rb") as f:
+        index = 0
+        for line_no, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            if index < skip:
+                index += 1
+                continue
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                yield Row(index, index, None, "invalid UTF-8", line_no)
+            except json.JSONDecodeError as e:
+                yield Row(index, index, None, f"malformed JSON: {e.msg} at column {e.colno}", line_no)
+            else:
+                if not isinstance(obj, dict):
+                    yield Row(index, index, None, f"expected a JSON object, got {type(obj).__name__}", line_no)
+                else:
+                    row_id = obj.get(id_column, index)
+                    text = obj.get(text_column)
+                    err = _check_text(text, text_column)
+                    yield Row(index, row_id, None if err else text, err, line_no)
+            index += 1
+
+
+def _read_parquet(path: Path, text_column: str, id_column: str, skip: int) -> Iterator[Row]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises ArrowInvalid/OSError variants
+        raise DataError(f"{path}: not a readable Parquet file: {e}") from None
+    names = pf.schema_arrow.names
+    if text_column not in names:
+        raise DataError(f"{path}: no {text_column!r} column; columns are {names} (use --text-column)")
+    columns = [text_column] + ([id_column] if id_column in names and id_column != text_column else [])
+    index = 0
+    for batch in pf.iter_batches(batch_size=4096, columns=columns):
+        if index + batch.num_rows <= skip:
+            index += batch.num_rows
+            continue
+        texts = batch.column(0).to_pylist()
+        ids = batch.column(1).to_pylist() if len(columns) > 1 else None
+        for j, text in enumerate(texts):
+            if index >= skip:
+                if isinstance(text, bytes):
+                    try:
+                        text = text.decode("utf-8")
+                    except UnicodeDecodeError:
+                        text = text.decode("utf-8", errors="surrogateescape")
+                row_id = ids[j] if ids is not None else index
+                err = _check_text(text, text_column)
+                yield Row(index, row_id, None if err else text, err)
+            index += 1
+
+
+# -- writers ----------------------------------------------------------------------------------------
+
+
+class ResultWriter(Protocol):
+    def write(self, rows: Sequence[dict[str, Any]]) -> None: ...
+    def commit(self) -> int:
+        """Make everything written durable; return the position to record in the checkpoint."""
+        ...
+
+    def close(self) -> None: ...
+    def finish(self, final: Path) -> None: ...
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _AppendWriter:
+    """An append-only file, cut back to ``position`` on open (the last checkpoint)."""
+
+    def __init__(self, path: Path, position: int) -> None:
+        self.path = path
+        self.f = path.open("r+b" if path.exists() else "w+b")
+        self.f.truncate(position)
+        self.f.seek(position)
+        self.text = io.TextIOWrapper(self.f, encoding="utf-8", newline="", write_through=True)
+
+    def commit(self) -> int:
+        self.text.flush()
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        return self.f.tell()
+
+    def close(self) -> None:
+        if not self.text.closed:
+            self.text.close()
+
+    def finish(self, final: Path) -> None:
+        self.close()
+        os.replace(self.path, final)
+        _fsync_dir(final.parent)
+
+
+class CsvWriter(_AppendWriter):
+    def __init__(self, path: Path, position: int, columns: list[str]) -> None:
+        super().__init__(path, position)
+        self.columns = columns
+        self.csv = csv.writer(self.text)
+        if position == 0:
+            self.csv.writerow(columns)
+
+    def write(self, rows: Sequence[dict[str, Any]]) -> None:
+        self.csv.writerows([r.get(c) for c in self.columns] for r in rows)
+
+
+class JsonlWriter(_AppendWriter):
+    def write(self, rows: Sequence[dict[str, Any]]) -> None:
+        self.text.write("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
+
+
+class ParquetWriter:
+    """One part file per chunk in ``<output>.parts/``; merged into one file at the end."""
+
+    def __init__(self, parts_dir: Path, parts_done: int, columns: list[str]) -> None:
+        self.dir = parts_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.dir.glob("part-*.parquet*"):
+            if not stale.name.endswith(".parquet") or int(stale.name[5:11]) >= parts_done:
+                stale.unlink()
+        self.parts = parts_done
+        self.columns = columns
+        self.pending: list[dict[str, Any]] = []
+
+    def write(self, rows: Sequence[dict[str, Any]]) -> None:
+        self.pending.extend(rows)
+
+    def commit(self) -> int:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self.pending:
+            table = pa.Table.from_pylist(self.pending)
+            tmp = self.dir / f"part-{self.parts:06d}.parquet.tmp"
+            pq.write_table(table, tmp)
+            with tmp.open("rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, self.dir / f"part-{self.parts:06d}.parquet")
+            _fsync_dir(self.dir)
+            self.parts += 1
+            self.pending = []
+        return self.parts
+
+    def close(self) -> None:
+        self.pending = []
+
+    def finish(self, final: Path) -> None:
+        import pyarrow.parquet as pq
+
+        parts = sorted(self.dir.glob("part-*.parquet"))
+        tmp = final.with_name(final.name + ".tmp")
+        writer = None
+        try:
+            for part in parts:
+                table = pq.read_table(part)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table.cast(writer.schema) if table.schema != writer.schema else table)
+            if writer is None:  # no scored rows at all: an empty file with the result columns
+                import pyarrow as pa
+
+                pq.write_table(pa.table({c: pa.array([], pa.string()) for c in self.columns}), tmp)
+        finally:
+            if writer is not None:
+                writer.close()
+        os.replace(tmp, final)
+        shutil.rmtree(self.dir)
+        _fsync_dir(final.parent)

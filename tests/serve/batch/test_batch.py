@@ -1,0 +1,178 @@
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from tests.conftest import DATA
+from tests.helpers import JOULES, run_joules
+
+
+def messages(n: int, seed: int = 7) -> list[str]:
+    rows = [line.rstrip("\n").split("\t", 1)[1] for line in DATA.open(encoding="utf-8")]
+    rng = random.Random(seed)
+    return [rng.choice(rows) for _ in range(n)]
+
+
+def read_output(path: Path) -> list[dict]:
+    if path.suffix == ".csv":
+        with path.open(encoding="utf-8", newline="") as f:
+            return list(csv.DictReader(f))
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.open(encoding="utf-8")]
+    return pq.read_table(path).to_pylist()
+
+
+@pytest.mark.parametrize(
+    ("src", "dst"), [("csv", "csv"), ("jsonl", "jsonl"), ("parquet", "parquet"), ("csv", "parquet"), ("jsonl", "csv")]
+)
+def test_batch_formats_end_to_end(spam_home: Path, tmp_path: Path, src: str, dst: str) -> None:
+    texts = messages(300)
+    inp, out = tmp_path / f"in.{src}", tmp_path / f"out.{dst}"
+    ids = [f"m{i}" for i in range(len(texts))]
+    if src == "csv":
+        with inp.open("w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["msg_id", "body", "other"])
+            w.writerows([i, t, "x"] for i, t in zip(ids, texts, strict=True))
+    elif src == "jsonl":
+        inp.write_text("".join(json.dumps({"msg_id": i, "body": t}) + "\n" for i, t in zip(ids, texts, strict=True)))
+    else:
+        pq.write_table(pa.table({"msg_id": ids, "body": texts}), inp)
+    proc = run_joules(
+        "batch",
+        "spam",
+        str(inp),
+        "-o",
+        str(out),
+        "--text-column",
+        "body",
+        "--id-column",
+        "msg_id",
+        "--batch-size",
+        "16",
+        "--chunk-rows",
+        "100",
+        "--json",
+        home=spam_home,
+        check=True,
+    )
+    summary = json.loads(proc.stdout)
+    assert summary["rows"] == summary["processed"] == 300 and summary["errors"] == 0
+    assert sum(summary["actions"].values()) == 300 and summary["energy_j"] > 0 and summary["rows_per_s"] > 0
+    rows = read_output(out)
+    assert [r["msg_id"] for r in rows] == ids
+    assert set(rows[0]) == {"msg_id", "label", "action", "prob_ham", "prob_spam"}
+    # Same answers as one-off predictions through the CLI.
+    one = json.loads(run_joules("predict", "spam", texts[0], texts[1], "--json", home=spam_home, check=True).stdout)
+    for r, p in zip(rows[:2], one["predictions"], strict=True):
+        assert r["label"] == p["label"] and r["action"] == p["action"]
+        assert abs(float(r["prob_spam"]) - p["probabilities"]["spam"]) < 1e-5
+    assert (tmp_path / f"out.{dst}.errors.jsonl").read_text() == ""
+    assert not list(tmp_path.glob("*.checkpoint.json")) and not list(tmp_path.glob("*.partial"))
+
+
+def test_bad_rows_go_to_the_errors_file(spam_home: Path, tmp_path: Path) -> None:
+    inp = tmp_path / "in.csv"
+    good = messages(5)
+    with inp.open("wb") as f:
+        f.write(b"id,text\n")
+        f.write(f"a,{good[0]!r}\n".encode())
+        f.write(b"b,\n")  # empty text
+        f.write(b"c,caf\xe9 latin-1 bytes\n")  # invalid UTF-8
+        f.write(b"d\n")  # malformed: one field
+        f.write(b"e,   \n")  # blank text
+        f.write(f"f,{good[1]!r}\n".encode())
+    out = tmp_path / "out.jsonl"
+    summary = json.loads(
+        run_joules("batch", "spam", str(inp), "-o", str(out), "--json", home=spam_home, check=True).stdout
+    )
+    assert (summary["rows"], summary["processed"], summary["errors"]) == (6, 2, 4)
+    assert [r["id"] for r in read_output(out)] == ["a", "f"]
+    errors = [json.loads(line) for line in (tmp_path / "out.jsonl.errors.jsonl").open()]
+    assert [(e["row"], e["id"]) for e in errors] == [(1, "b"), (2, "c"), (3, "d"), (4, "e")]
+    reasons = " | ".join(e["reason"] for e in errors)
+    assert "empty 'text'" in reasons and "invalid UTF-8" in reasons and "malformed CSV line" in reasons
+
+
+def test_bad_jsonl_lines(spam_home: Path, tmp_path: Path) -> None:
+    inp = tmp_path / "in.jsonl"
+    inp.write_bytes(
+        b'{"id": 1, "text": "hello"}\n{"id": 2, "text": \n[1, 2]\n{"id": 4, "text": 5}\n'
+        b'\xff\xfe\n{"id": 6}\n{"id": 7, "text": "bye"}\n'
+    )
+    out = tmp_path / "out.csv"
+    summary = json.loads(
+        run_joules("batch", "spam", str(inp), "-o", str(out), "--json", home=spam_home, check=True).stdout
+    )
+    assert (summary["rows"], summary["errors"]) == (7, 5)
+    assert [r["id"] for r in read_output(out)] == ["1", "7"]
+    reasons = [json.loads(line)["reason"] for line in (tmp_path / "out.csv.errors.jsonl").open()]
+    assert reasons[0].startswith("malformed JSON") and "expected a JSON object" in reasons[1]
+    assert "must be a string" in reasons[2] and reasons[3] == "invalid UTF-8" and "missing" in reasons[4]
+
+
+def test_existing_output_needs_overwrite(spam_home: Path, tmp_path: Path) -> None:
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text('{"text": "hi"}\n')
+    run_joules("batch", "spam", str(inp), "-o", str(out), home=spam_home, check=True)
+    proc = run_joules("batch", "spam", str(inp), "-o", str(out), home=spam_home)
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr
+    run_joules("batch", "spam", str(inp), "-o", str(out), "--overwrite", home=spam_home, check=True)
+    proc = run_joules("batch", "spam", str(tmp_path / "missing.csv"), "-o", str(tmp_path / "o.csv"), home=spam_home)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_sigkill_and_resume_keep_every_row_exactly_once(spam_home: Path, tmp_path: Path, fmt: str) -> None:
+    n = 24_000
+    texts = messages(n, seed=11)
+    inp, out = tmp_path / "in.csv", tmp_path / f"out.{fmt}"
+    with inp.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "text"])
+        for i, t in enumerate(texts):
+            w.writerow([f"r{i}", "" if i % 997 == 0 else t])  # a bad row now and then
+    bad = sum(1 for i in range(n) if i % 997 == 0)
+    args = [*JOULES, "batch", "spam", str(inp), "-o", str(out), "--chunk-rows", "512", "--no-progress"]
+    env = {**os.environ, "JOULES_HOME": str(spam_home)}
+    ckpt = tmp_path / f"out.{fmt}.checkpoint.json"
+    kills = 0
+    rng = random.Random(3)
+    for _ in range(3):
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        done_before = json.loads(ckpt.read_text())["rows_done"] if ckpt.exists() else 0
+        # Kill at a random moment after some progress: between writes, fsyncs or checkpoints.
+        target = done_before + rng.randint(600, 4000)
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if json.loads(ckpt.read_text())["rows_done"] >= target:
+                    time.sleep(rng.random() * 0.05)
+                    break
+            except (FileNotFoundError, json.JSONDecodeError, KeyError):
+                pass
+            time.sleep(0.005)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 1, "the job finished before it could be killed: raise n"
+    assert not out.exists()
+    final = run_joules("batch", "spam", str(inp), "-o", str(out), "--json", "--no-progress", home=spam_home, check=True)
+    summary = json.loads(final.stdout)
+    assert 0 < summary["processed"] < n - bad, "the last run resumed from a checkpoint"
+    assert summary["rows"] == n and summary["errors"] == bad
+    ids = [r["id"] for r in read_output(out)]
+    assert ids == [f"r{i}" for i in range(n) if i % 997 != 0], "every good row exactly once, in input order"
+    errors = [json.loads(line)["row"] for line in (tmp_path / f"out.{fmt}.errors.jsonl").open()]
+    assert errors == [i for i in range(n) if i % 997 == 0]
+    assert sum(summary["actions"].values()) == n - bad
