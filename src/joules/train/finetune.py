@@ -146,7 +146,7 @@ def fine_tune(
         val_logits = predict_logits(model, pre, validation[0])
         val_f1 = f1_score(np.asarray(validation[1]) == positive, val_logits.argmax(1) == positive)
         result.history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "validation_f1": val_f1})
-        bar.write(f"epoch {epoch}: train loss {np.mean(losses):.4f}, validation F1 {val_f1:.4f}")
+        bar.write(f"epoch {epoch}: train loss {np.mean(losses):.4f}, validation F1 {val_f1:.4f}", file=sys.stderr)
         if val_f1 > best_f1:
             best_f1, result.best_epoch = val_f1, epoch
             best_state = copy.deepcopy(model.state_dict())
