@@ -46,6 +46,9 @@ class RuntimeOptions:
     mem_pattern: bool = True
     cpu_mem_arena: bool = True
     max_batch_size: int = 64  # rows per model call; larger inputs are split
+    # Sort a batch's rows by token length before cutting it into model calls, so each call pads
+    # little. Off only to measure what it buys (unsorted batches cost about 3x on MiniLM here).
+    group_by_length: bool = True
     warmup: bool = True
 
     def __post_init__(self) -> None:

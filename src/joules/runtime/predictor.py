@@ -131,7 +131,7 @@ class Predictor:
         encodings = self.text.encode(texts)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
         # Group rows of similar length so each model call pads little: sort by length, cut in runs.
-        order = np.argsort(lengths, kind="stable")
+        order = np.argsort(lengths, kind="stable") if self.options.group_by_length else np.arange(len(lengths))
         n = len(texts)
         raw: np.ndarray | None = None
         calls = 0
