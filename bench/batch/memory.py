@@ -91,8 +91,8 @@ def main() -> int:
     late = [s[2] for s in samples if s[1] > 0]
     if late:
         print(
-            f"\nRSS after the first checkpoint: min {min(late):.0f} MiB, max {max(late):.0f} MiB over {samples[-1][1]:,} rows "
-            f"of a {args.size_mb} MiB input (cmd: {' '.join(cmd)})"
+            f"\nRSS after the first checkpoint: min {min(late):.0f} MiB, max {max(late):.0f} MiB "
+            f"over {samples[-1][1]:,} rows of a {args.size_mb} MiB input (cmd: {' '.join(cmd)})"
         )
     return 0
 
