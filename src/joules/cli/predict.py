@@ -25,7 +25,9 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--text-column", default="text")
     p.add_argument("--id-column", default="id")
     p.add_argument("--batch-size", type=int, default=64, help="rows per model call (default 64)")
-    p.add_argument("--chunk-rows", type=int, default=1024, help="rows per checkpoint (default 1024)")
+    p.add_argument(
+        "--chunk-rows", type=int, help="rows per checkpoint (default: sized so a checkpoint is written every ~2 s)"
+    )
     p.add_argument("--input-format", choices=["csv", "jsonl", "parquet"])
     p.add_argument("--output-format", choices=["csv", "jsonl", "parquet"])
     p.add_argument("--overwrite", action="store_true", help="start over, replacing the output and any checkpoint")

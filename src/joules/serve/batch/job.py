@@ -25,6 +25,7 @@ from joules.runtime import Predictor
 from joules.serve.batch.io import CsvWriter, JsonlWriter, ParquetWriter, ResultWriter, Row, detect_format, read_rows
 
 CHECKPOINT_VERSION = 1
+FIRST_CHUNK, MIN_CHUNK, MAX_CHUNK = 256, 64, 8192
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,13 +36,19 @@ class BatchConfig:
     id_column: str = "id"
     input_format: str | None = None
     output_format: str | None = None
-    chunk_rows: int = 1024  # rows per checkpoint; the Predictor groups them by length
+    # Rows per checkpoint; None sizes chunks to take about `checkpoint_seconds` each, so a slow
+    # model still checkpoints often and a fast one is not slowed by fsyncs. The Predictor sorts
+    # each chunk by token length before cutting it into model calls.
+    chunk_rows: int | None = None
+    checkpoint_seconds: float = 2.0
     overwrite: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.chunk_rows < 1:
+        if self.chunk_rows is not None and self.chunk_rows < 1:
             raise ConfigError(f"chunk_rows must be >= 1, got {self.chunk_rows}")
+        if self.checkpoint_seconds <= 0:
+            raise ConfigError(f"checkpoint_seconds must be > 0, got {self.checkpoint_seconds}")
         if self.input.resolve() == self.output.resolve():
             raise ConfigError(f"the output {str(self.output)!r} would overwrite the input; choose another path")
 
@@ -159,11 +166,17 @@ class BatchJob:
         return ParquetWriter(self.partial, position, self.columns)
 
     def _chunks(self, skip: int) -> Iterator[list[Row]]:
+        """Chunks of rows; with automatic sizing, each is sized from the rate of the one before."""
+        size = self.cfg.chunk_rows or FIRST_CHUNK
         chunk: list[Row] = []
         for row in read_rows(self.cfg.input, self.in_fmt, self.cfg.text_column, self.cfg.id_column, skip=skip):
             chunk.append(row)
-            if len(chunk) >= self.cfg.chunk_rows:
+            if len(chunk) >= size:
+                started = time.perf_counter()
                 yield chunk
+                if self.cfg.chunk_rows is None:
+                    rate = len(chunk) / max(time.perf_counter() - started, 1e-6)
+                    size = int(min(MAX_CHUNK, max(MIN_CHUNK, rate * self.cfg.checkpoint_seconds)))
                 chunk = []
         if chunk:
             yield chunk
