@@ -52,7 +52,9 @@ def test_results_carry_labels_actions_and_energy(predictor: Predictor) -> None:
     rec = result.records()[0]
     assert set(rec) == {"label", "probabilities", "action"} and set(rec["probabilities"]) == {"ham", "spam"}
     m = result.measurement
-    assert m.wall_s > 0 and m.cpu_s >= 0 and m.energy_j == pytest.approx(m.cpu_s * predictor.meter.watts_per_core)
+    assert m.wall_s > 0 and m.cpu_s >= 0
+    assert m.energy_j == pytest.approx(m.cpu_s * predictor.meter.watts_per_core + m.static_j)
+    assert m.static_j > 0 and m.method == "modelled"
     assert predictor.stats.rows >= len(TEXTS)
 
 

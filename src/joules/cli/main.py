@@ -21,6 +21,8 @@ COMMAND_MODULES = [
     "joules.cli.train",
     "joules.cli.models",
     "joules.cli.predict",
+    "joules.cli.bench",
+    "joules.cli.cost",
 ]
 
 

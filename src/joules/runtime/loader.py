@@ -30,6 +30,6 @@ def load_predictor(
         bundle,
         rules=rules,
         options=options,
-        meter=EnergyMeter(settings.watts_per_core),
+        meter=EnergyMeter.from_settings(settings),
         version=mv.version,
     )

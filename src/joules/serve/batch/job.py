@@ -68,6 +68,7 @@ class BatchSummary:
     model: str = ""
     output: str = ""
     errors_file: str = ""
+    cost: dict[str, Any] = field(default_factory=dict)  # joules.meter.job_cost: totals and per-1,000 figures
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -85,6 +86,7 @@ class BatchSummary:
             "model": self.model,
             "output": self.output,
             "errors_file": self.errors_file,
+            "cost": self.cost,
         }
 
 
@@ -213,6 +215,7 @@ class BatchJob:
         s.actions, s.labels = Counter(state["actions"]), Counter(state["labels"])
         s.energy_j, s.cpu_s = state["energy_j"], state["cpu_s"]
         s.seconds = time.perf_counter() - started
+        s.cost = _job_cost(self.predictor, s)
         return s
 
     def _score(self, state: dict[str, Any], s: BatchSummary) -> None:
@@ -282,6 +285,16 @@ class BatchJob:
         elif not self.errors_final.exists():
             self.errors_final.touch()
         self.checkpoint_path.unlink(missing_ok=True)
+
+
+def _job_cost(predictor: Predictor, s: BatchSummary) -> dict[str, Any]:
+    """Energy, dollars and CO2 of the scored rows, in total and per 1,000 predictions."""
+    from joules.meter import CostModel, Measurement, job_cost
+    from joules.settings import load_settings
+
+    meter = predictor.meter
+    m = Measurement(s.cpu_s, s.seconds, s.energy_j, meter.method, getattr(meter, "how", ""))
+    return job_cost(CostModel.from_settings(load_settings()).price(m), s.scored)
 
 
 def run_batch(predictor: Predictor, config: BatchConfig) -> BatchSummary:

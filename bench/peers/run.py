@@ -1,0 +1,243 @@
+"""Side by side: joules and its peers serving the same ONNX spam model, driven by the same `joules bench`.
+
+Each peer runs from its own virtual environment (see install.sh) with its documented server-side batching
+switched on: at most PEER_MAX_BATCH (32) requests per batch and PEER_WAIT_MS (5 ms) longest wait, the
+same as joules' defaults where a peer has both knobs. Every system gets the same model files, tokenizer,
+ONNX Runtime session options and threads (servers/spam_model.py). Systems are interleaved round by
+round, and each round starts each server afresh; figures are medians over rounds.
+
+    .venv/bin/python bench/peers/run.py --venvs /tmp/peers --rounds 3 --systems joules,litserve,mlserver
+
+This is a benchmark, not a test: it takes minutes per system and round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+SERVERS = HERE / "servers"
+BODY = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["WINNER!! claim your prize"]}]}
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def command(system: str, port: int, venvs: Path, work: Path) -> tuple[list[str], Path]:
+    if system == "joules":
+        return [str(ROOT / ".venv/bin/joules"), "serve", "spam", "--port", str(port)], ROOT
+    if system == "litserve":
+        return [str(venvs / "litserve/bin/python"), str(SERVERS / "litserve_app.py"), str(port)], SERVERS
+    if system == "ray":
+        return [str(venvs / "ray/bin/python"), str(SERVERS / "ray_app.py"), str(port)], SERVERS
+    if system == "bentoml":
+        cmd = [str(venvs / "bentoml/bin/bentoml"), "serve", "bentoml_service:Spam", "--port", str(port)]
+        return [*cmd, "--host", "127.0.0.1"], SERVERS
+    if system == "mlserver":
+        d = work / "mlserver"
+        (d / "spam").mkdir(parents=True, exist_ok=True)
+        (d / "settings.json").write_text(
+            json.dumps(
+                {
+                    "host": "127.0.0.1",
+                    "http_port": port,
+                    "grpc_port": free_port(),
+                    "metrics_port": free_port(),
+                    "parallel_workers": 0,
+                }
+            )
+        )
+        batching = {
+            "max_batch_size": int(os.environ["PEER_MAX_BATCH"]),
+            "max_batch_time": float(os.environ["PEER_WAIT_MS"]) / 1000,
+        }
+        (d / "spam" / "model-settings.json").write_text(
+            json.dumps({"name": "spam", "implementation": "runtime.SpamRuntime", **batching})
+        )
+        (d / "spam" / "runtime.py").write_text((SERVERS / "mlserver_model" / "runtime.py").read_text())
+        (d / "spam" / "spam_model.py").write_text((SERVERS / "spam_model.py").read_text())
+        return [str(venvs / "mlserver/bin/mlserver"), "start", str(d)], d / "spam"
+    raise SystemExit(f"unknown system {system!r}")
+
+
+def descendants(pid: int) -> list[int]:
+    parents = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                stat = Path(f"/proc/{name}/stat").read_text()
+            except OSError:
+                continue
+            parents[int(name)] = int(stat[stat.rfind(")") + 2 :].split()[1])
+    tree, frontier = [], [pid]
+    while frontier:
+        p = frontier.pop()
+        kids = [c for c, par in parents.items() if par == p]
+        tree.extend(kids)
+        frontier.extend(kids)
+    return tree
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    pids = [proc.pid, *descendants(proc.pid)]
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        pass
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
+def ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.post(f"{url}/v2/models/spam/infer", json=BODY, timeout=5).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def bench(url: str, pid: int, args: list[str], duration: float) -> dict:
+    cmd = [
+        str(ROOT / ".venv/bin/joules"),
+        "bench",
+        "spam",
+        "--url",
+        url,
+        "--scenario",
+        "server",
+        "--server-pid",
+        str(pid),
+    ]
+    cmd += [*args, "--duration", str(duration), "--warmup", "2", "--no-plots", "--json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
+    return json.loads(out.stdout)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--venvs", type=Path, default=Path("/tmp/peers"))
+    p.add_argument("--systems", default="joules,litserve,mlserver,bentoml,ray")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rates", default="10,30")
+    p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--p99-ms", type=float, default=50.0)
+    p.add_argument("--out", type=Path, default=ROOT / "bench/results/peers.jsonl")
+    args = p.parse_args()
+    os.environ.setdefault("PEER_MAX_BATCH", "32")
+    os.environ.setdefault("PEER_WAIT_MS", "5")
+    home = Path(os.environ.get("JOULES_HOME", ROOT / ".joules"))
+    mv = json.loads(
+        subprocess.run(
+            [str(ROOT / ".venv/bin/joules"), "models", "show", "spam", "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    os.environ["SPAM_BUNDLE"] = mv["path"]
+    os.environ["JOULES_HOME"] = str(home)
+    systems = args.systems.split(",")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    work = args.out.parent / "peers-work"
+    for r in range(args.rounds):
+        order = systems[r % len(systems) :] + systems[: r % len(systems)]  # rotate who goes first
+        for system in order:
+            port = free_port()
+            cmd, cwd = command(system, port, args.venvs, work)
+            log = open(args.out.parent / f"peers-{system}.log", "ab")
+            proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            url = f"http://127.0.0.1:{port}"
+            row: dict = {"system": system, "round": r}
+            try:
+                if not ready(url, proc, 300):
+                    row["error"] = f"not ready (exit {proc.poll()}); see {log.name}"
+                else:
+                    row["fixed"] = {q: bench(url, proc.pid, ["--qps", q], args.duration) for q in args.rates.split(",")}
+                    row["max"] = bench(url, proc.pid, ["--find-max-qps", "--p99-ms", str(args.p99_ms)], args.duration)
+            finally:
+                stop(proc)
+                log.close()
+            with args.out.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(json.dumps(summary_row(row)), flush=True)
+
+
+def summary_row(row: dict) -> dict:
+    out = {"system": row["system"], "round": row["round"]}
+    if "error" in row:
+        out["error"] = row["error"]
+        return out
+    m = row["max"]
+    out["max_qps"] = m.get("max_qps")
+    for q, d in row["fixed"].items():
+        lat = d.get("latency_ms", {})
+        sysd = d.get("system", {})
+        out[f"{q}qps"] = {
+            "p50": lat.get("p50"),
+            "p99": lat.get("p99"),
+            "cpu_ms": sysd.get("cpu_ms_per_query"),
+            "J_per_1000": sysd.get("modelled_energy_j_per_1000"),
+            "error": d.get("error"),
+        }
+    return out
+
+
+def table(path: Path) -> str:
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        by.setdefault(r["system"], []).append(r)
+    lines = []
+    for system, rs in by.items():
+        ok = [r for r in rs if "error" not in r]
+        med = lambda xs: statistics.median(xs) if xs else float("nan")  # noqa: E731
+        maxq = med([r["max"].get("max_qps") or 0.0 for r in ok])
+        cells = [system, f"{maxq:.1f}"]
+        for q in ok[0]["fixed"] if ok else []:
+            f = [r["fixed"][q] for r in ok if "latency_ms" in r["fixed"][q]]
+            cells.append(
+                f"{med([x['latency_ms']['p50'] for x in f]):.1f} / {med([x['latency_ms']['p99'] for x in f]):.1f}"
+            )
+            cells.append(f"{med([x['system'].get('cpu_ms_per_query') or 0 for x in f]):.2f}")
+            cells.append(f"{med([x['system'].get('modelled_energy_j_per_1000') or 0 for x in f]):.0f}")
+        lines.append("| " + " | ".join(cells) + f" | {len(ok)}/{len(rs)} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "table":
+        print(table(Path(sys.argv[2])))
+    else:
+        main()
