@@ -24,7 +24,9 @@ from joules.metrics import classification_metrics
 C_GRID = [0.01, 0.1, 1, 10, 100, 1000, 10_000, 100_000]
 
 
-def _fit_eval(x_train: Any, y_train: np.ndarray, x_test: Any, y_test: np.ndarray, *, tune: bool, seed: int) -> dict[str, Any]:
+def _fit_eval(
+    x_train: Any, y_train: np.ndarray, x_test: Any, y_test: np.ndarray, *, tune: bool, seed: int
+) -> dict[str, Any]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
@@ -107,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in results.items():
         if isinstance(r, dict) and "f1" in r:
             lo, hi = r["f1_ci95"]
-            print(f"{name:28s} C={r['C']:<8g} F1 {r['f1']:.4f} [{lo:.3f}, {hi:.3f}]  ROC AUC {r['roc_auc']:.4f}  acc {r['accuracy']:.4f}")
+            print(
+                f"{name:28s} C={r['C']:<8g} F1 {r['f1']:.4f} [{lo:.3f}, {hi:.3f}]  "
+                f"ROC AUC {r['roc_auc']:.4f}  acc {r['accuracy']:.4f}"
+            )
     return 0
 
 
