@@ -16,7 +16,7 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("app", choices=APPS)
     p.add_argument("--name", help="register under this name (default: the app name)")
     p.add_argument("--data", type=Path, help="the SMS Spam Collection TSV (default: data/sms_spam_collection)")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--promote", action="store_true", help="promote even when a production version exists")
     p.add_argument("--no-progress", action="store_true")

@@ -36,7 +36,7 @@ def train_spam(
     registry: Registry,
     name: str = "spam",
     data: Path | None = None,
-    epochs: int = 3,
+    epochs: int = 4,
     seed: int = 0,
     promote: bool | None = None,
     progress: bool = True,
