@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "joules.cli.train",
     "joules.cli.models",
     "joules.cli.predict",
+    "joules.cli.serve",
     "joules.cli.bench",
     "joules.cli.cost",
 ]

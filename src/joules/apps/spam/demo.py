@@ -1,5 +1,6 @@
-"""``make run``: train the spam detector if none is registered, then batch-score
-its test split with ``joules batch`` and print what happened."""
+"""``make run``: train the spam detector if none is registered, batch-score its
+test split with ``joules batch``, print what happened, then serve it online on
+127.0.0.1:8000 (``joules serve spam``) until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -10,6 +11,14 @@ from pathlib import Path
 from joules.bundle import SplitDataset
 from joules.cli.main import main as joules
 from joules.registry import Registry
+
+HOST, PORT = "127.0.0.1", 8000
+SERVE_BANNER = f"""
+== joules serve spam: http://{HOST}:{PORT} (docs at /docs, metrics at /metrics; Ctrl-C stops)
+   try, once it logs "ready":
+   curl -s -X POST http://{HOST}:{PORT}/v1/models/spam:predict -H 'Content-Type: application/json' \\
+     -d '{{"instances": [{{"text": "WINNER!! Claim your prize now, call 09061701461"}}, {{"text": "Lunch?"}}]}}'
+"""
 
 
 def _write_test_split(dataset_file: Path, out: Path) -> dict[str, str]:
@@ -45,7 +54,8 @@ def main() -> int:
         rows = list(csv.DictReader(f))
     correct = sum(r["label"] == truth[r["id"]] for r in rows)
     print(f"\naccuracy on the {len(rows):,} test messages: {correct / len(rows):.4f}")
-    return 0
+    print(SERVE_BANNER, flush=True)
+    return joules(["serve", "spam", "--host", HOST, "--port", str(PORT)])
 
 
 if __name__ == "__main__":

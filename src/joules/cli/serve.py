@@ -1,0 +1,86 @@
+"""``joules serve``: the online server (Open Inference Protocol V2 + simple JSON API)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve production models over HTTP (Open Inference Protocol V2, /v1 JSON), with dynamic batching",
+        description="Serve the production version of each named model (every production model when none is "
+        "named) and follow promotions without dropping a request.",
+    )
+    p.add_argument("models", nargs="*", metavar="NAME", help="models to serve (default: every production model)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch-size", type=int, default=32, help="rows per model call (default 32)")
+    p.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=1024,
+        help="padded tokens per model call, text models (default 1024): bounds how long one call takes",
+    )
+    p.add_argument(
+        "--max-queue-delay-ms",
+        type=float,
+        default=2.0,
+        help="longest wait for a fuller batch while another call runs (default 2)",
+    )
+    p.add_argument("--max-queue", type=int, default=1024, help="requests waiting before 503 (default 1024)")
+    p.add_argument(
+        "--timeout-ms", type=float, default=1000.0, help="deadline of each request: 504 after (default 1000)"
+    )
+    p.add_argument("--instances", type=int, default=1, help="model calls run in parallel (default 1)")
+    p.add_argument("--rules", type=Path, help="a rule file that overrides the bundles' default rules")
+    p.add_argument("--api-key-env", metavar="VAR", help="require the API key held in environment variable VAR")
+    p.add_argument("--max-body-mb", type=float, default=1.0, help="largest request body, MiB (default 1)")
+    p.add_argument("--max-instances", type=int, default=256, help="most rows in one request (default 256)")
+    p.add_argument("--cache-size", type=int, default=0, help="response cache entries per model; 0: off (default)")
+    p.add_argument("--poll-interval-s", type=float, default=2.0, help="how often to look for promotions (default 2)")
+    p.add_argument("--drain-timeout-s", type=float, default=30.0, help="graceful shutdown limit (default 30)")
+    p.add_argument("--max-connections", type=int, default=2048, help="open connections before 503 (default 2048)")
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads per instance (0: cores / instances)")
+    p.add_argument("--providers", help="comma-separated ONNX Runtime execution providers (default: best available)")
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.set_defaults(func=cmd_serve)
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    from joules.runtime.batching import BatchingConfig
+    from joules.serve.online import ServeConfig
+
+    providers = tuple(x.strip() for x in args.providers.split(",")) if args.providers else None
+    return ServeConfig(
+        models=tuple(args.models),
+        host=args.host,
+        port=args.port,
+        batching=BatchingConfig(
+            max_batch_size=args.max_batch_size,
+            max_batch_tokens=args.max_batch_tokens,
+            max_queue_delay_ms=args.max_queue_delay_ms,
+            max_queue=args.max_queue,
+            instances=args.instances,
+        ),
+        timeout_ms=args.timeout_ms,
+        rules_file=args.rules,
+        api_key_env=args.api_key_env,
+        max_body_mb=args.max_body_mb,
+        max_instances=args.max_instances,
+        cache_size=args.cache_size,
+        poll_interval_s=args.poll_interval_s,
+        drain_timeout_s=args.drain_timeout_s,
+        max_connections=args.max_connections,
+        threads=args.threads,
+        providers=providers,
+        access_log=args.access_log,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from joules.serve.online import run_server
+
+    return run_server(config_from_args(args))

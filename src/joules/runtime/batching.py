@@ -1,0 +1,410 @@
+"""Dynamic batching: concurrent requests share one model call.
+
+Requests wait in a bounded queue; a free instance takes as many of them, in
+order, as fit in ``max_batch_size`` rows and runs them as one call on a worker
+thread, so the event loop that feeds the queue never blocks on the model. When
+no call is running a request is dispatched at once: waiting ``max_queue_delay``
+for company only pays while another call is already busy (with one instance
+the batch simply forms while the running call finishes).
+
+Each caller gets its own result or its own error. The handler returns one
+result (or one exception) per item; a handler that raises for a whole batch of
+several items is re-run item by item, so one bad request cannot fail the
+others (as ray-project/ray ``serve/batching.py`` hands each caller its own
+result).
+
+A full queue refuses at once (``QueueFullError``, with a retry-after estimate);
+a request past its deadline is refused (``DeadlineExceededError``) and, if its
+call has not started, never computed; a caller that goes away (its awaiting
+task is cancelled, e.g. because the client disconnected) is removed from the
+queue and costs no model call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from joules.errors import ConfigError, JoulesError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# Cost of one model call in token-rows (the work of one row of one token), measured on
+# the fp32 MiniLM spam model on 2 vCPUs: a call costs about 8 ms plus 0.4 ms per token-row
+# (bench/online/call_cost.py), so a call is worth about 20 token-rows of padding.
+CALL_OVERHEAD_TOKENS = 20.0
+MAX_RETRY_AFTER_S = 60
+
+
+class QueueFullError(JoulesError):
+    """The request queue is full: the server is overloaded; retry later."""
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceededError(JoulesError):
+    """A request was not answered before its deadline."""
+
+
+class BatcherClosedError(JoulesError):
+    """The batcher no longer takes requests (its model is being unloaded or the server stops)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchingConfig:
+    max_batch_size: int = 32  # rows per model call
+    # Padded tokens per model call (text models): bounds how long one call holds an instance,
+    # so a request never waits behind minutes of someone else's long rows. On CPU, rows of
+    # 128 tokens gain nothing from batches of more than a few rows (docs/benchmarks.md).
+    max_batch_tokens: int = 1024
+    max_queue_delay_ms: float = 2.0  # longest wait for a fuller batch, only while a call is running
+    max_queue: int = 1024  # requests waiting (not rows)
+    instances: int = 1  # model calls running at once
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_batch_size, int) or self.max_batch_size < 1:
+            raise ConfigError(f"max_batch_size must be a whole number >= 1, got {self.max_batch_size!r}")
+        if not isinstance(self.max_batch_tokens, int) or self.max_batch_tokens < 1:
+            raise ConfigError(f"max_batch_tokens must be a whole number >= 1, got {self.max_batch_tokens!r}")
+        if not 0 <= self.max_queue_delay_ms <= 60_000:
+            raise ConfigError(f"max_queue_delay_ms must be in [0, 60000], got {self.max_queue_delay_ms!r}")
+        if not isinstance(self.max_queue, int) or self.max_queue < 1:
+            raise ConfigError(f"max_queue must be a whole number >= 1, got {self.max_queue!r}")
+        if not isinstance(self.instances, int) or not 1 <= self.instances <= 64:
+            raise ConfigError(f"instances must be a whole number in [1, 64], got {self.instances!r}")
+
+
+def plan_runs(
+    lengths: Sequence[int],
+    max_rows: int,
+    *,
+    max_tokens: int | None = None,
+    call_overhead: float = CALL_OVERHEAD_TOKENS,
+) -> list[list[int]]:
+    """Cut rows into model calls so that padding and call overhead together cost least.
+
+    A call of ``n`` rows padded to its longest row ``L`` costs ``call_overhead + n * L``
+    token-rows. Rows are sorted by length and cut into contiguous runs of at most
+    ``max_rows`` rows and ``max_tokens`` padded tokens (a longer row goes alone) by
+    dynamic programming, exact for this cost. Returns row indices per call, shortest
+    rows first.
+    """
+    if max_rows < 1:
+        raise ConfigError(f"max_rows must be >= 1, got {max_rows}")
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    sorted_len = [max(1, int(lengths[i])) for i in order]
+    n = len(order)
+    best = [0.0] * (n + 1)  # best[j]: cheapest cost of the first j sorted rows
+    cut = [0] * (n + 1)  # cut[j]: where the last run of that plan starts
+    for j in range(1, n + 1):
+        longest = sorted_len[j - 1]
+        best[j] = math.inf
+        for i in range(j - 1, max(0, j - max_rows) - 1, -1):
+            if max_tokens is not None and i < j - 1 and (j - i) * longest > max_tokens:
+                break  # longer runs ending at j only get bigger
+            cost = best[i] + call_overhead + (j - i) * longest
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    runs: list[list[int]] = []
+    j = n
+    while j > 0:
+        runs.append(order[cut[j] : j])
+        j = cut[j]
+    runs.reverse()
+    return runs
+
+
+@dataclass(eq=False)
+class _Pending(Generic[T, R]):
+    item: T
+    rows: int
+    future: asyncio.Future[R]
+    enqueued: float
+    deadline: float | None
+    waited: float = field(default=0.0)
+    # Set on the event loop when the caller gives up; read by the handler on its worker
+    # thread (a plain attribute: a stale read only costs one model call).
+    abandoned: bool = False
+    delivered: bool = False  # answered early through Batch.deliver
+
+
+class Batch(list[T]):
+    """The items of one handler call, as a list. A handler that makes several model calls can
+    skip the items nobody waits for any more (``abandoned``) and answer an item as soon as its
+    rows are done (``deliver``) instead of when the whole batch is."""
+
+    def __init__(
+        self,
+        pending: Sequence[_Pending[T, Any]],
+        deliver: Callable[[_Pending[T, Any], Any], None] | None = None,
+    ) -> None:
+        super().__init__(p.item for p in pending)
+        self._pending = list(pending)
+        self._deliver = deliver
+
+    def abandoned(self, i: int) -> bool:
+        return self._pending[i].abandoned
+
+    def deliver(self, i: int, result: Any) -> None:
+        """Answer item ``i`` now (safe from the handler's thread); the handler still returns it too."""
+        p = self._pending[i]
+        p.delivered = True
+        if self._deliver is not None:
+            self._deliver(p, result)
+
+
+Handler = Callable[[Batch[T]], Sequence["R | BaseException"]]
+
+
+class DynamicBatcher(Generic[T, R]):
+    """Batches ``submit`` calls into ``handler`` calls on ``config.instances`` worker threads.
+
+    Create and use it on one event loop; ``handler`` runs on the worker threads and
+    must return one result or exception per item, in order.
+    """
+
+    def __init__(
+        self,
+        handler: Handler[T, R],
+        config: BatchingConfig,
+        *,
+        name: str = "model",
+        on_dispatch: Callable[[Sequence[float]], None] | None = None,
+    ) -> None:
+        self.handler = handler
+        self.config = config
+        self.name = name
+        self._on_dispatch = on_dispatch
+        self._queue: deque[_Pending[T, R]] = deque()
+        self._queued_rows = 0
+        self._running = 0
+        self._closed = False
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pool = ThreadPoolExecutor(config.instances, thread_name_prefix=f"joules-{name}")
+        # Seconds per row, smoothed; only for the Retry-After estimate.
+        self._row_seconds = 0.01
+
+    # -- state -----------------------------------------------------------------------------------
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting (not yet dispatched)."""
+        return len(self._queue)
+
+    @property
+    def running(self) -> int:
+        """Model calls in progress."""
+        return self._running
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._loop = asyncio.get_running_loop()
+            self._task = self._loop.create_task(self._schedule(), name=f"batcher-{self.name}")
+
+    async def close(self) -> None:
+        """Stop taking requests, finish those already queued and running, then stop the workers."""
+        self._closed = True
+        self._wakeup.set()
+        while self._queue or self._running:
+            self._idle.clear()
+            await self._idle.wait()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._pool.shutdown(wait=True)
+
+    # -- submitting ------------------------------------------------------------------------------
+
+    async def submit(self, item: T, *, rows: int = 1, deadline: float | None = None) -> R:
+        """Queue ``item`` (``rows`` rows) and wait for its result.
+
+        ``deadline`` is a ``time.monotonic()`` instant. Raises QueueFullError at once when
+        the queue is full, DeadlineExceededError past the deadline, BatcherClosedError
+        once closed, or the handler's exception for this item.
+        """
+        # Everything up to the first await runs without yielding to the loop, so a caller
+        # that looked this batcher up is queued before anyone can close it.
+        self.admit()
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        pending: _Pending[T, R] = _Pending(item, rows, loop.create_future(), now, deadline)
+        self._queue.append(pending)
+        self._queued_rows += rows
+        self._wakeup.set()
+        timeout = None if deadline is None else max(0.0, deadline - now)
+        try:
+            return await asyncio.wait_for(pending.future, timeout)
+        except TimeoutError:
+            raise DeadlineExceededError(
+                f"model {self.name}: no answer within the request's deadline "
+                f"({'queued' if pending in self._queue else 'running'} for {time.monotonic() - now:.3f} s)"
+            ) from None
+        finally:
+            # Timed out or cancelled: drop it from the queue so it costs no model call.
+            if pending.future.cancelled():
+                pending.abandoned = True
+                self._forget(pending)
+
+    def admit(self) -> None:
+        """Raise QueueFullError (or BatcherClosedError) if a request submitted now would be refused."""
+        if self._closed:
+            raise BatcherClosedError(f"model {self.name} is not taking requests (it is being unloaded)")
+        if len(self._queue) >= self.config.max_queue:
+            raise QueueFullError(
+                f"model {self.name}: the queue is full ({self.config.max_queue} requests waiting); retry later",
+                retry_after_s=self._retry_after(),
+            )
+
+    def _forget(self, pending: _Pending[T, R]) -> None:
+        try:
+            self._queue.remove(pending)
+        except ValueError:
+            return  # already dispatched
+        self._queued_rows -= pending.rows
+        if not self._queue and not self._running:
+            self._idle.set()
+
+    def _retry_after(self) -> int:
+        seconds = self._queued_rows * self._row_seconds / self.config.instances
+        return max(1, min(MAX_RETRY_AFTER_S, math.ceil(seconds)))
+
+    # -- scheduling ------------------------------------------------------------------------------
+
+    async def _schedule(self) -> None:
+        delay = self.config.max_queue_delay_ms / 1000.0
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            while self._queue and self._running < self.config.instances:
+                if self._running and self._queued_rows < self.config.max_batch_size and not self._closed:
+                    # A call is busy: wait a little for a fuller batch (until the oldest
+                    # request has waited `delay`, the batch fills, or the busy call ends).
+                    wait = self._queue[0].enqueued + delay - time.monotonic()
+                    if wait > 0:
+                        self._timer = asyncio.get_running_loop().call_later(wait, self._wakeup.set)
+                        break
+                batch = self._take()
+                if batch:
+                    self._dispatch(batch)
+            if not self._queue and not self._running:
+                self._idle.set()  # everything taken was cancelled or expired
+
+    def _take(self) -> list[_Pending[T, R]]:
+        batch: list[_Pending[T, R]] = []
+        rows = 0
+        now = time.monotonic()
+        while self._queue:
+            p = self._queue[0]
+            if batch and rows + p.rows > self.config.max_batch_size:
+                break
+            self._queue.popleft()
+            self._queued_rows -= p.rows
+            if p.future.done():  # cancelled by its caller
+                continue
+            if p.deadline is not None and now >= p.deadline:
+                p.future.set_exception(DeadlineExceededError(f"model {self.name}: deadline passed while queued"))
+                continue
+            p.waited = now - p.enqueued
+            batch.append(p)
+            rows += p.rows
+        return batch
+
+    def _dispatch(self, batch: list[_Pending[T, R]]) -> None:
+        self._running += 1
+        self._idle.clear()
+        if self._on_dispatch is not None:
+            try:
+                self._on_dispatch([p.waited for p in batch])
+            except Exception:  # an observer must never break serving
+                log.exception("batch observer failed")
+        rows = sum(p.rows for p in batch)
+        started = time.perf_counter()
+        work = asyncio.get_running_loop().run_in_executor(self._pool, self._call, batch)
+
+        def finished(done: asyncio.Future[list[Any]]) -> None:
+            self._running -= 1
+            elapsed = time.perf_counter() - started
+            self._row_seconds = 0.8 * self._row_seconds + 0.2 * elapsed / max(1, rows)
+            if done.cancelled():
+                outcomes: list[Any] = [BatcherClosedError(f"model {self.name}: the call was cancelled")] * len(batch)
+            elif done.exception() is not None:
+                outcomes = [done.exception()] * len(batch)
+            else:
+                outcomes = done.result()
+            for p, outcome in zip(batch, outcomes, strict=True):
+                self._settle(p, outcome)
+            if not self._queue and not self._running:
+                self._idle.set()
+            self._wakeup.set()
+
+        work.add_done_callback(finished)
+
+    def _call(self, pending: list[_Pending[T, R]]) -> list[Any]:
+        """On a worker thread: one handler call, or one per item if the whole batch failed."""
+        try:
+            return self._checked(Batch(pending, self._deliver_soon))
+        except Exception as e:
+            if len(pending) == 1:
+                return [e]
+        # Isolate the culprit: each item alone gets its own result or its own error.
+        outcomes: list[Any] = []
+        for p in pending:
+            if p.abandoned or p.delivered:
+                outcomes.append(BatcherClosedError("already answered or abandoned"))  # nobody receives it
+                continue
+            try:
+                outcomes.extend(self._checked(Batch([p], self._deliver_soon)))
+            except Exception as e:
+                outcomes.append(e)
+        return outcomes
+
+    def _deliver_soon(self, pending: _Pending[T, Any], result: Any) -> None:
+        """From a worker thread: settle one caller's future on the event loop."""
+        assert self._loop is not None  # set by start(), before any dispatch
+        self._loop.call_soon_threadsafe(self._settle, pending, result)
+
+    @staticmethod
+    def _settle(pending: _Pending[T, Any], outcome: Any) -> None:
+        if pending.future.done():
+            return  # its caller gave up (deadline or disconnect)
+        if isinstance(outcome, BaseException):
+            pending.future.set_exception(outcome)
+        else:
+            pending.future.set_result(outcome)
+
+    def _checked(self, batch: Batch[T]) -> list[Any]:
+        results = self.handler(batch)
+        if len(results) != len(batch):
+            raise RuntimeError(
+                f"batch handler of {self.name} returned {len(results)} results for {len(batch)} requests"
+            )
+        return list(results)

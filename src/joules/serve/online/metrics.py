@@ -1,0 +1,139 @@
+"""Prometheus metrics of the online server, in a registry of its own.
+
+Labels are only ever names of served models and their versions (requests for
+unknown models are counted under ``model=""``), so a client cannot grow the
+number of series.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from joules.meter import Measurement
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Seconds, from a fast cached answer to a request that waited out a long deadline.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+def batch_buckets(max_batch_size: int) -> tuple[float, ...]:
+    """1, 2, 4, ... up to ``max_batch_size`` (itself included when not a power of two)."""
+    out = []
+    b = 1
+    while b < max_batch_size:
+        out.append(float(b))
+        b *= 2
+    out.append(float(max_batch_size))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """What the gauges read from a served model at scrape time."""
+
+    model: str
+    version: str
+    queue_depth: int
+    running: int
+    cache_entries: int | None
+
+
+class _StateCollector(Collector):
+    def __init__(self, states: Callable[[], Iterable[ModelState]]) -> None:
+        self._states = states
+
+    def collect(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily(
+            "joules_queue_depth", "Requests waiting for a model call", labels=["model", "version"]
+        )
+        running = GaugeMetricFamily("joules_running_calls", "Model calls in progress", labels=["model", "version"])
+        ready = GaugeMetricFamily("joules_model_ready", "1 for each loaded model version", labels=["model", "version"])
+        entries = GaugeMetricFamily(
+            "joules_cache_entries", "Rows held in the response cache", labels=["model", "version"]
+        )
+        for s in self._states():
+            depth.add_metric([s.model, s.version], s.queue_depth)
+            running.add_metric([s.model, s.version], s.running)
+            ready.add_metric([s.model, s.version], 1)
+            if s.cache_entries is not None:
+                entries.add_metric([s.model, s.version], s.cache_entries)
+        yield from (depth, running, ready, entries)
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
+class ServerMetrics:
+    def __init__(self, *, max_batch_size: int, states: Callable[[], Iterable[ModelState]]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        mv = ["model", "version"]
+        self.requests = Counter(
+            "joules_requests", "Inference requests answered, by HTTP status", [*mv, "status"], registry=r
+        )
+        self.request_duration = Histogram(
+            "joules_request_duration_seconds",
+            "Time from a request's arrival to its answer",
+            mv,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_duration = Histogram(
+            "joules_queue_duration_seconds",
+            "Time a request waited in the queue before its model call started",
+            mv,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.compute_duration = Histogram(
+            "joules_compute_duration_seconds", "Wall time of one model call", mv, buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram(
+            "joules_batch_size", "Rows per model call", mv, buckets=batch_buckets(max_batch_size), registry=r
+        )
+        self.energy = Counter(
+            "joules_energy_joules", "Modelled energy of model calls (process CPU time x watts per core)", mv, registry=r
+        )
+        self.cache_hits = Counter("joules_cache_hits", "Rows answered from the response cache", mv, registry=r)
+        self.cache_misses = Counter("joules_cache_misses", "Rows not found in the response cache", mv, registry=r)
+        self.inflight = Gauge(
+            "joules_inflight_requests", "Inference requests received and not yet answered", registry=r
+        )
+        self.model_loads = Counter(
+            "joules_model_loads", "Model versions loaded, by outcome", ["model", "outcome"], registry=r
+        )
+        self.registry_polls = Counter(
+            "joules_registry_polls", "Times the registry was asked for new production versions", registry=r
+        )
+        r.register(_StateCollector(states))
+
+    # -- observers handed to the batcher and the runner -------------------------------------------
+
+    def queue_observer(self, model: str, version: str) -> Callable[[Sequence[float]], None]:
+        child = self.queue_duration.labels(model, version)
+
+        def observe(waits: Sequence[float]) -> None:
+            for w in waits:
+                child.observe(w)
+
+        return observe
+
+    def call_observer(self, model: str, version: str) -> Callable[[int, Measurement], None]:
+        size = self.batch_size.labels(model, version)
+        compute = self.compute_duration.labels(model, version)
+        energy = self.energy.labels(model, version)
+
+        def observe(rows: int, m: Measurement) -> None:
+            size.observe(rows)
+            compute.observe(m.wall_s)
+            energy.inc(m.energy_j)
+
+        return observe
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
