@@ -64,6 +64,7 @@ def trained_home(tmp_path_factory: pytest.TempPathFactory, tiny_hf_dir: Path) ->
     from joules.settings import Settings
 
     home = tmp_path_factory.mktemp("home-trained")
+    # A high learning rate: the tiny model starts from random weights (validation F1 about 0.9).
     train_spam(
         registry=Registry(Settings(home=home)),
         data=DATA,
@@ -71,6 +72,7 @@ def trained_home(tmp_path_factory: pytest.TempPathFactory, tiny_hf_dir: Path) ->
         base_dir=tiny_hf_dir,
         max_train_rows=1200,
         progress=False,
+        learning_rate=2e-3,
     )
     return home
 

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.bundle.test_safety import Boom
-from tests.helpers import numeric_onnx, run_joules
 
 from joules.bundle import Bundle
 from joules.registry import Registry
 from joules.runtime import Predictor
 from joules.settings import Settings
+from tests.bundle.test_safety import Boom
+from tests.helpers import numeric_onnx, run_joules
 
 
 def test_huggingface_directory_is_exported_and_registered(tmp_path: Path, tiny_hf_dir: Path) -> None:
@@ -123,3 +123,20 @@ def test_bundle_directory_import_appends_lineage(tmp_path: Path, tiny_bundle_dir
     info = json.loads(proc.stdout)
     assert [e["step"] for e in info["lineage"]] == ["train", "import"]
     assert Bundle.load(Path(info["path"])).spec.metrics == Bundle.load(tiny_bundle_dir).spec.metrics
+
+
+def test_yaml_booleans_as_labels_are_refused(tmp_path: Path) -> None:
+    numeric_onnx(tmp_path / "linear.onnx", classes=2)
+    (tmp_path / "spec.yaml").write_text(
+        "task: classification\npreprocess: {kind: tensors}\npostprocess: {output: logits, labels: [no, yes]}\n"
+    )
+    proc = run_joules(
+        "import",
+        str(tmp_path / "linear.onnx"),
+        "--spec",
+        str(tmp_path / "spec.yaml"),
+        "--name",
+        "x",
+        home=tmp_path / "home",
+    )
+    assert proc.returncode == 2 and "labels must be strings, got False" in proc.stderr and "quote" in proc.stderr

@@ -73,7 +73,13 @@ class Postprocess:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "activation", Activation(self.activation))
-        object.__setattr__(self, "labels", tuple(str(x) for x in self.labels))
+        for x in self.labels:
+            if not isinstance(x, str):
+                # YAML reads bare no/yes/on/off/1 as booleans and numbers: refuse rather than guess.
+                raise BundleError(
+                    f"postprocess.labels must be strings, got {x!r} ({type(x).__name__}); quote it in YAML, e.g. '{x}'"
+                )
+        object.__setattr__(self, "labels", tuple(self.labels))
         if len(self.labels) < 1 or len(set(self.labels)) != len(self.labels):
             raise BundleError(f"postprocess.labels must be distinct class names, got {list(self.labels)}")
         if self.positive_label is not None and self.positive_label not in self.labels:

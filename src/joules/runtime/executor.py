@@ -46,8 +46,9 @@ class RuntimeOptions:
     mem_pattern: bool = True
     cpu_mem_arena: bool = True
     max_batch_size: int = 64  # rows per model call; larger inputs are split
-    # Sort a batch's rows by token length before cutting it into model calls, so each call pads
-    # little. Off only to measure what it buys (unsorted batches cost about 3x on MiniLM here).
+    max_batch_tokens: int | None = None  # padded tokens per model call (rows x longest); None: no cap
+    # Sort a batch's rows by token length and cut them into model calls that balance padding
+    # against per-call overhead (planning.py). Off only to measure what it buys.
     group_by_length: bool = True
     warmup: bool = True
 
@@ -60,6 +61,8 @@ class RuntimeOptions:
             )
         if self.max_batch_size < 1:
             raise ConfigError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
+            raise ConfigError(f"max_batch_tokens must be >= 1 or None, got {self.max_batch_tokens}")
         if self.providers is not None:
             available = ort.get_available_providers()
             missing = [p for p in self.providers if p not in available]

@@ -18,6 +18,7 @@ from joules.decide import RuleSet
 from joules.errors import InputError
 from joules.meter import ZERO, EnergyMeter, Measurement
 from joules.runtime.executor import OnnxExecutor, RuntimeOptions
+from joules.runtime.planning import plan_runs
 from joules.runtime.preprocess import TextPreprocessor
 
 WARMUP_TEXTS = ["warm up the session", "a second, somewhat longer text to warm up a batch of two"]
@@ -130,14 +131,10 @@ class Predictor:
         started = self.meter.start()
         encodings = self.text.encode(texts)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
-        # Group rows of similar length so each model call pads little: sort by length, cut in runs.
-        order = np.argsort(lengths, kind="stable") if self.options.group_by_length else np.arange(len(lengths))
         n = len(texts)
         raw: np.ndarray | None = None
         calls = 0
-        step = self.options.max_batch_size
-        for start in range(0, n, step):
-            idx = order[start : start + step]
+        for idx in self._runs(lengths):
             feeds = self.text.batch([encodings[i] for i in idx], self._dtypes)
             out = self._run(feeds)
             if raw is None:
@@ -159,6 +156,14 @@ class Predictor:
         return self._finish(raw, np.ones(n, dtype=np.int64), started, len(parts), record)
 
     # -- steps -----------------------------------------------------------------------------------
+
+    def _runs(self, lengths: np.ndarray) -> list[np.ndarray]:
+        """Row indices of each model call: rows of similar length together, so each call pads little."""
+        step = self.options.max_batch_size
+        if not self.options.group_by_length:
+            return [np.arange(s, min(s + step, len(lengths))) for s in range(0, len(lengths), step)]
+        runs = plan_runs(lengths.tolist(), step, max_tokens=self.options.max_batch_tokens)
+        return [np.asarray(r, dtype=np.int64) for r in runs]
 
     def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         out = self.executor.run(feeds, [self.output])[self.output]

@@ -38,6 +38,7 @@ def train_spam(
     data: Path | None = None,
     epochs: int = 4,
     seed: int = 0,
+    learning_rate: float = 5e-5,
     promote: bool | None = None,
     progress: bool = True,
     base_dir: Path | None = None,
@@ -73,7 +74,7 @@ def train_spam(
     )
     tokenizer = base_dir / "tokenizer.json"
     pre = TextPreprocessor(tokenizer, 128, ["input_ids", "attention_mask", "token_type_ids"])
-    cfg = FineTuneConfig(epochs=epochs, seed=seed)
+    cfg = FineTuneConfig(epochs=epochs, seed=seed, learning_rate=learning_rate)
     log.info("fine-tuning on %d messages (%d validation), %d epochs", len(train), len(val), epochs)
     result = fine_tune(
         model,
