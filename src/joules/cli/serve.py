@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from joules.cli.cost import add_pricing_options, pricing_overrides
+
 
 def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser(
@@ -46,6 +48,8 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads per instance (0: cores / instances)")
     p.add_argument("--providers", help="comma-separated ONNX Runtime execution providers (default: best available)")
     p.add_argument("--access-log", action="store_true", help="log every request")
+    # How each response's X-Joules-* cost is priced; flags win over JOULES_* variables and config.yaml.
+    add_pricing_options(p)
     p.set_defaults(func=cmd_serve)
 
 
@@ -81,6 +85,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from joules.registry import Registry
     from joules.serve.online import run_server
+    from joules.settings import load_settings
 
-    return run_server(config_from_args(args))
+    config = config_from_args(args)
+    return run_server(config, registry=Registry(load_settings(**pricing_overrides(args))))

@@ -53,13 +53,16 @@ def calls(server: ServerProcess) -> float:
 
 
 def test_tensor_model_answers_both_apis(slow_home: Path, start_server: Starter) -> None:
-    server = start_server(slow_home, "slow")
-    v1 = httpx.post(server.url + "/v1/models/slow:predict", json=ROW, timeout=60).json()
-    v2 = httpx.post(
+    # A call takes about a second, more on a loaded machine: a long deadline, or a 504 instead of an answer.
+    server = start_server(slow_home, "slow", "--timeout-ms", "60000")
+    r1 = httpx.post(server.url + "/v1/models/slow:predict", json=ROW, timeout=90)
+    r2 = httpx.post(
         server.url + "/v2/models/slow/infer",
         json={"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [[0.5, -1.0, 2.0, 0.25]]}]},
-        timeout=60,
-    ).json()
+        timeout=90,
+    )
+    assert r1.status_code == r2.status_code == 200, (r1.text, r2.text)
+    v1, v2 = r1.json(), r2.json()
     probs = next(o for o in v2["outputs"] if o["name"] == "probabilities")["data"]
     assert v1["predictions"][0]["probabilities"]["high"] == pytest.approx(probs[1], abs=1e-6)
     assert v1["predictions"][0]["action"] in ("act", "wait")

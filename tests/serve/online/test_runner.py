@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from joules.bundle import Bundle
-from joules.meter import Measurement
+from joules.meter import Cost, CostModel, Measurement
 from joules.runtime import Predictor, RuntimeOptions
 from joules.serve.online.runner import Job, ModelRunner
 from tests.serve.online.conftest import sms
@@ -56,3 +56,22 @@ def test_token_budget_bounds_each_call(predictor: Predictor) -> None:
     runner([Job(texts=long)])
     assert [r for r, _ in seen] == [2, 2, 2]
     assert all(m.wall_s > 0 for _, m in seen)
+
+
+def test_each_job_pays_its_share_and_the_shares_add_up_to_the_calls(predictor: Predictor) -> None:
+    prices = CostModel(price_per_hour=0.36, vcpus=4, region="fr", grid_g_per_kwh=56.0)
+    texts = sms(5, offset=80)
+    # Jobs 0 and 1 ask for the same text: it is computed once and its work shared between them.
+    jobs = [Job(texts=[texts[0]]), Job(texts=[texts[0]]), Job(texts=texts[1:])]
+    seen: list[Measurement] = []
+    runner = ModelRunner(predictor, max_batch_size=8, on_call=lambda rows, m: seen.append(m), prices=prices)
+    outcomes = runner(jobs)
+    whole = Cost()
+    for m in seen:
+        whole = whole + prices.price(m)
+    for key in ("energy_j", "usd", "co2_g", "cpu_s"):
+        assert sum(getattr(o.cost, key) for o in outcomes) == pytest.approx(getattr(whole, key), rel=1e-9), key
+    assert outcomes[0].cost.energy_j > 0 and outcomes[0].cost == outcomes[1].cost
+    assert all(o.cost.method == predictor.meter.method for o in outcomes)
+    # Without prices the runner reports no cost.
+    assert all(o.cost.is_zero for o in ModelRunner(predictor, max_batch_size=8)(jobs))

@@ -3,8 +3,9 @@
 Every route turns errors into ``{"error": ...}`` through the one status table in
 ``errors.py``. The inference routes share one path: find the served model,
 read and decode the body, run it through the model's DynamicBatcher (with the
-request's deadline, cancelled if the client goes away), encode the answer, and
-count it in /metrics.
+request's deadline, cancelled if the client goes away), encode the answer with
+its cost (``X-Joules-*`` headers; V2 ``parameters``, /v1 ``cost``), and count
+it in /metrics.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from joules import __version__
+from joules.meter import CostModel
 from joules.registry import Registry
 from joules.runtime.batching import BatcherClosedError
 from joules.serve.online import protocol_v1, protocol_v2
@@ -43,12 +45,15 @@ PLATFORM = "onnxruntime_onnx"
 
 
 class OnlineServer:
-    """The state behind the routes: configuration, repository, metrics."""
+    """The state behind the routes: configuration, prices, repository, metrics."""
 
     def __init__(self, config: ServeConfig, registry: Registry, *, on_fatal: Callable[[BaseException], None]) -> None:
         self.config = config
+        # The registry's settings: config.yaml < JOULES_* environment < `joules serve` flags.
+        self.settings = registry.settings
+        self.prices = CostModel.from_settings(self.settings)
         self.metrics = ServerMetrics(max_batch_size=config.batching.max_batch_size, states=lambda: self.repo.states())
-        self.repo = ModelRepository(registry, config, self.metrics)
+        self.repo = ModelRepository(registry, config, self.metrics, self.prices)
         self.on_fatal = on_fatal
         self.stopping = False
         self._loader: asyncio.Task[None] | None = None
@@ -74,7 +79,11 @@ class OnlineServer:
             self.on_fatal(e)
             return
         url = f"http://{self.config.host}:{self.config.port}"
-        for m in self.repo.models():
+        models = self.repo.models()
+        log.info("pricing: %s", _pricing(self.settings.pricing()))
+        if models:
+            log.info("energy: %s", models[0].predictor.meter.how)
+        for m in models:
             kind = "text" if m.signature.is_text else "tensors"
             log.info(
                 "ready: %s (%s) at %s/v1/models/%s:predict and %s/v2/models/%s/infer",
@@ -142,7 +151,7 @@ class OnlineServer:
             body, headers = protocol_v2.encode_response(
                 served.name, served.version, outcome, decoded["req"], served.labels
             )
-            return Response(body, headers=headers)
+            return Response(body, headers=headers | outcome.cost.headers())
 
         return await self.infer(request, name, version, decode, encode)
 
@@ -154,7 +163,7 @@ class OnlineServer:
 
         def encode(served: ServedModel, outcome: Outcome) -> Response:
             body = protocol_v1.encode_response(served.name, served.version, outcome, served.labels)
-            return Response(body, media_type="application/json")
+            return Response(body, media_type="application/json", headers=outcome.cost.headers())
 
         return await self.infer(request, request.path_params["model"], None, decode, encode)
 
@@ -280,6 +289,16 @@ class OnlineServer:
                 "metrics": "/metrics",
             }
         )
+
+
+def _pricing(p: dict[str, Any]) -> str:
+    """One line for the startup log: the figures every response is priced with, and where they came from."""
+    given = [f"{k} from {v}" for k, v in p["origin"].items() if v != "default"]
+    return (
+        f"${p['price_per_hour']:g}/h for {p['vcpus']} vCPU, grid {p['grid_g_per_kwh']:g} gCO2e/kWh "
+        f"({p['region']}), {p['watts_per_core']:g} W per busy thread, {p['static_watts']:g} W static"
+        + (f" ({'; '.join(given)})" if given else " (defaults)")
+    )
 
 
 _TRITON_TYPE = {

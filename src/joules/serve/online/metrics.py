@@ -3,6 +3,11 @@
 Labels are only ever names of served models and their versions (requests for
 unknown models are counted under ``model=""``), so a client cannot grow the
 number of series.
+
+The cost counters (``joules_energy_joules_total``, ``joules_cost_usd_total``,
+``joules_co2_grams_total``) are ``joules.meter.prometheus.CostCounters``: every
+model call is counted whole, so they equal the sum of the per-response cost
+headers, plus the shares of callers that gave up before their answer.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from joules.meter import Measurement
+from joules.meter import CostModel, Measurement
+from joules.meter.prometheus import CostCounters
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds, from a fast cached answer to a request that waited out a long deadline.
@@ -96,9 +102,7 @@ class ServerMetrics:
         self.batch_size = Histogram(
             "joules_batch_size", "Rows per model call", mv, buckets=batch_buckets(max_batch_size), registry=r
         )
-        self.energy = Counter(
-            "joules_energy_joules", "Modelled energy of model calls (process CPU time x watts per core)", mv, registry=r
-        )
+        self.costs = CostCounters(r)
         self.cache_hits = Counter("joules_cache_hits", "Rows answered from the response cache", mv, registry=r)
         self.cache_misses = Counter("joules_cache_misses", "Rows not found in the response cache", mv, registry=r)
         self.inflight = Gauge(
@@ -123,15 +127,15 @@ class ServerMetrics:
 
         return observe
 
-    def call_observer(self, model: str, version: str) -> Callable[[int, Measurement], None]:
+    def call_observer(self, model: str, version: str, prices: CostModel) -> Callable[[int, Measurement], None]:
         size = self.batch_size.labels(model, version)
         compute = self.compute_duration.labels(model, version)
-        energy = self.energy.labels(model, version)
+        cost = self.costs.call_observer(model, version, prices)
 
         def observe(rows: int, m: Measurement) -> None:
             size.observe(rows)
             compute.observe(m.wall_s)
-            energy.inc(m.energy_j)
+            cost(rows, m)
 
         return observe
 

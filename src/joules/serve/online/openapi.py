@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from joules.meter import HEADER_CO2, HEADER_ENERGY, HEADER_METHOD, HEADER_USD
 from joules.serve.online import schemas as s
 
 _MODELS: list[type[BaseModel]] = [
@@ -27,6 +28,25 @@ _MODELS: list[type[BaseModel]] = [
     s.ErrorResponse,
 ]
 _REF = "#/components/schemas/{model}"
+# Every answered inference request carries its cost (docs/cost.md).
+_COST_HEADERS = {
+    HEADER_ENERGY: {
+        "description": "joules: this request's share of the model calls that served it (0: answered from the cache)",
+        "schema": {"type": "number", "minimum": 0},
+    },
+    HEADER_USD: {
+        "description": "US dollars: the instance's price per hour spread over the CPU-seconds it buys",
+        "schema": {"type": "number", "minimum": 0},
+    },
+    HEADER_CO2: {
+        "description": "grams CO2e: the energy times the grid's carbon intensity (the region setting)",
+        "schema": {"type": "number", "minimum": 0},
+    },
+    HEADER_METHOD: {
+        "description": "how the energy was obtained",
+        "schema": {"type": "string", "enum": ["measured", "modelled"]},
+    },
+}
 
 DOCS_HTML = """<!doctype html>
 <html><head><title>joules API</title><meta charset="utf-8">
@@ -46,6 +66,10 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
 def _json(model: type[BaseModel] | dict[str, Any], description: str) -> dict[str, Any]:
     schema = _ref(model) if isinstance(model, type) else model
     return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _priced(response: dict[str, Any]) -> dict[str, Any]:
+    return {**response, "headers": _COST_HEADERS}
 
 
 _ERRORS = {
@@ -108,7 +132,7 @@ def openapi_document(version: str, api_key: bool) -> dict[str, Any]:
         "/v1/models/{model}:predict": {
             "post": _op(
                 "predict label, probabilities and action for each instance",
-                _json(s.PredictResponse, "one prediction per instance, in order"),
+                _priced(_json(s.PredictResponse, "one prediction per instance, in order, and the request's cost")),
                 params=[_MODEL],
                 body=s.PredictRequest,
                 tag=v1,
@@ -137,7 +161,7 @@ def openapi_document(version: str, api_key: bool) -> dict[str, Any]:
         paths[prefix + "/infer"] = {
             "post": _op(
                 "inference; also accepts Triton's binary tensor data (header Inference-Header-Content-Length)",
-                _json(s.InferenceResponse, "outputs probabilities, label, action"),
+                _priced(_json(s.InferenceResponse, "outputs probabilities, label, action; the cost in parameters")),
                 params=params,
                 body=s.InferenceRequest,
                 tag=v2,
@@ -159,7 +183,9 @@ def openapi_document(version: str, api_key: bool) -> dict[str, Any]:
             "title": "joules online inference",
             "version": version,
             "description": "Open Inference Protocol V2 (KServe, Triton: tritonclient works against it, JSON or "
-            'binary tensors) and a simple JSON API. Errors are {"error": message}.',
+            'binary tensors) and a simple JSON API. Errors are {"error": message}. Every answered inference '
+            "request carries its cost: headers X-Joules-Energy-J, X-Joules-Cost-USD, X-Joules-CO2-g and "
+            "X-Joules-Energy-Method, the same figures in a V2 response's parameters and a /v1 response's cost.",
         },
         "paths": paths,
         "components": {"schemas": defs.get("$defs", {})},

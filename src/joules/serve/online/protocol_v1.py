@@ -1,4 +1,8 @@
-"""The simple JSON API: ``{"instances": [...]}`` in, ``{"model", "version", "predictions"}`` out."""
+"""The simple JSON API: ``{"instances": [...]}`` in, ``{"model", "version", "predictions", "cost"}`` out.
+
+``cost`` is the request's share of the model calls that served it, the same
+figures as the ``X-Joules-*`` headers and a V2 response's ``parameters``.
+"""
 
 from __future__ import annotations
 
@@ -85,4 +89,5 @@ def encode_response(model: str, version: int, outcome: Outcome, labels: Sequence
         {"label": lab, "probabilities": dict(zip(labels, p, strict=True)), "action": act}
         for lab, p, act in zip(outcome.labels, probs, outcome.actions, strict=True)
     ]
-    return json.dumps({"model": model, "version": version, "predictions": predictions}, separators=(",", ":")).encode()
+    body = {"model": model, "version": version, "predictions": predictions, "cost": outcome.cost.parameters()}
+    return json.dumps(body, separators=(",", ":")).encode()

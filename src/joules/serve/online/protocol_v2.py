@@ -8,6 +8,9 @@ a BYTES element is a 4-byte little-endian length and that many bytes. Outputs
 travel as binary when the request asks (an output's ``binary_data``, or
 ``binary_data_output`` when no outputs are named, as tritonclient does).
 See github.com/triton-inference-server/server docs/protocol/extension_binary_data.md.
+
+A response's ``parameters`` carry the request's cost: ``energy_j``,
+``cost_usd``, ``co2_g`` and ``energy_method`` (``joules.meter.Cost.parameters``).
 """
 
 from __future__ import annotations
@@ -274,6 +277,7 @@ def encode_response(
     head: dict[str, Any] = {"model_name": model, "model_version": str(version)}
     if req.id is not None:
         head["id"] = req.id
+    head["parameters"] = outcome.cost.parameters()  # this request's energy, dollars and CO2
     head["outputs"] = outputs
     header = json.dumps(head, separators=(",", ":")).encode()
     if not chunks:

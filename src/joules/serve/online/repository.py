@@ -1,13 +1,14 @@
 """The models a server holds, and how they change without dropping a request.
 
-A served model is one registry version: its Predictor, its DynamicBatcher and
-its response cache. The repository polls the registry for each watched model's
-production version (a cheap query); when it changes, the new version is loaded
-and warmed on a worker thread beside the old one, then swapped in with one
-assignment on the event loop. Requests already queued or running on the old
-version finish there; the old batcher is drained and closed afterwards. A
-version that fails to load is logged and skipped (the old one keeps serving)
-until the production version changes again.
+A served model is one registry version: its Predictor (metered with the
+server's settings), its DynamicBatcher and its response cache. The repository
+polls the registry for each watched model's production version (a cheap
+query); when it changes, the new version is loaded and warmed on a worker
+thread beside the old one, then swapped in with one assignment on the event
+loop. Requests already queued or running on the old version finish there;
+the old batcher is drained and closed afterwards. A version that fails to load
+is logged and skipped (the old one keeps serving) until the production version
+changes again.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from enum import StrEnum
 
 from joules.decide import RuleSet
 from joules.errors import JoulesError, ModelNotFoundError
-from joules.meter import EnergyMeter
+from joules.meter import Cost, CostModel, EnergyMeter
 from joules.registry import Registry, validate_name
 from joules.registry.names import parse_version
 from joules.runtime import Predictor, RuntimeOptions
@@ -53,7 +54,9 @@ class ModelStatus:
 class ServedModel:
     """One loaded model version: Predictor + DynamicBatcher (+ response cache)."""
 
-    def __init__(self, name: str, predictor: Predictor, config: ServeConfig, metrics: ServerMetrics) -> None:
+    def __init__(
+        self, name: str, predictor: Predictor, config: ServeConfig, metrics: ServerMetrics, prices: CostModel
+    ) -> None:
         self.name = name
         self.version = int(predictor.version or 0)
         self.predictor = predictor
@@ -65,7 +68,8 @@ class ServedModel:
             predictor,
             max_batch_size=config.batching.max_batch_size,
             max_batch_tokens=config.batching.max_batch_tokens,
-            on_call=metrics.call_observer(name, v),
+            on_call=metrics.call_observer(name, v, prices),
+            prices=prices,
         )
         self.batcher: DynamicBatcher[Job, Outcome] = DynamicBatcher(
             runner, config.batching, name=f"{name}:{v}", on_dispatch=metrics.queue_observer(name, v)
@@ -73,6 +77,9 @@ class ServedModel:
         self.cache = ResponseCache(config.cache_size) if config.cache_size else None
         self._hits = metrics.cache_hits.labels(name, v)
         self._misses = metrics.cache_misses.labels(name, v)
+        # A request answered wholly from the cache caused no model call: it costs nothing (see docs/cost.md).
+        meter = predictor.meter
+        self._cached = Cost(method=meter.method, how=f"answered from the response cache: no model call ({meter.how})")
 
     @property
     def ref(self) -> str:
@@ -86,6 +93,7 @@ class ServedModel:
         missing = [i for i, r in enumerate(found) if r is None]
         self._hits.inc(len(keys) - len(missing))
         self._misses.inc(len(missing))
+        cost = self._cached
         if missing:
             sub = job if len(missing) == len(keys) else job.take(missing)
             out = await self.batcher.submit(sub, rows=sub.rows, deadline=deadline)
@@ -93,7 +101,8 @@ class ServedModel:
                 row = out.row(j)
                 self.cache.put(keys[i], row)
                 found[i] = row
-        return Outcome.assemble([r for r in found if r is not None])
+            cost = out.cost  # the rows found in the cache add nothing
+        return Outcome.assemble([r for r in found if r is not None], cost)
 
     def state(self) -> ModelState:
         return ModelState(
@@ -106,10 +115,11 @@ class ServedModel:
 
 
 class ModelRepository:
-    def __init__(self, registry: Registry, config: ServeConfig, metrics: ServerMetrics) -> None:
+    def __init__(self, registry: Registry, config: ServeConfig, metrics: ServerMetrics, prices: CostModel) -> None:
         self.registry = registry
         self.config = config
         self.metrics = metrics
+        self.prices = prices
         self._models: dict[str, ServedModel] = {}
         self._status: dict[str, ModelStatus] = {}
         self._watch: set[str] = set(config.models)
@@ -285,10 +295,10 @@ class ModelRepository:
             bundle,
             rules=rules,
             options=options,
-            meter=EnergyMeter(self.registry.settings.watts_per_core),
+            meter=EnergyMeter.from_settings(self.registry.settings),
             version=version,
         )
-        return ServedModel(name, predictor, cfg, self.metrics)
+        return ServedModel(name, predictor, cfg, self.metrics, self.prices)
 
     async def _poll(self) -> None:
         while True:

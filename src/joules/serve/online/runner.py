@@ -6,6 +6,12 @@ wave sends the same message to many inboxes at the same moment), cuts the rest
 into model calls so rows of very different length are not padded to each other
 (``plan_runs``), calls the Predictor once per call, and answers each job as soon
 as its own rows are done.
+
+Each outcome carries its job's ``Cost``: every call's measurement is divided
+among the jobs whose rows it computed, by their tokens (rows for tensor
+models); a text computed once for several jobs has its work shared equally
+among the positions that asked for it. The parts of a call add up to the call,
+which is what ``/metrics`` counts.
 """
 
 from __future__ import annotations
@@ -13,13 +19,14 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
+from typing import cast
 
 import numpy as np
 
 from joules.errors import InputError
-from joules.meter import Measurement
+from joules.meter import Cost, CostModel, Measurement
 from joules.runtime import PredictionBatch, Predictor
 from joules.runtime.batching import Batch, plan_runs
 
@@ -68,21 +75,23 @@ class Job:
 
 @dataclass(frozen=True, eq=False)
 class Outcome:
-    """Results for a job's rows, in its order."""
+    """Results for a job's rows, in its order, and what computing them cost."""
 
     probabilities: np.ndarray  # [rows, C] float32
     labels: list[str]
     actions: list[str | None]
+    cost: Cost = field(default_factory=Cost)  # this job's share of the model calls that computed its rows
 
     def __len__(self) -> int:
         return len(self.labels)
 
     @staticmethod
-    def assemble(rows: Sequence[tuple[np.ndarray, str, str | None]]) -> Outcome:
+    def assemble(rows: Sequence[tuple[np.ndarray, str, str | None]], cost: Cost) -> Outcome:
         return Outcome(
             probabilities=np.stack([r[0] for r in rows]).astype(np.float32, copy=False),
             labels=[r[1] for r in rows],
             actions=[r[2] for r in rows],
+            cost=cost,
         )
 
     def row(self, i: int) -> tuple[np.ndarray, str, str | None]:
@@ -93,7 +102,10 @@ CallObserver = Callable[[int, Measurement], None]
 
 
 class ModelRunner:
-    """Runs batches of jobs on one Predictor (on the batcher's worker threads)."""
+    """Runs batches of jobs on one Predictor (on the batcher's worker threads).
+
+    With ``prices`` each outcome carries its job's cost; without, a zero cost.
+    """
 
     def __init__(
         self,
@@ -102,11 +114,13 @@ class ModelRunner:
         max_batch_size: int,
         max_batch_tokens: int | None = None,
         on_call: CallObserver | None = None,
+        prices: CostModel | None = None,
     ) -> None:
         self.predictor = predictor
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
         self.on_call = on_call
+        self.prices = prices
 
     def __call__(self, jobs: Batch[Job] | list[Job]) -> list[Outcome]:
         n = sum(j.rows for j in jobs)
@@ -117,10 +131,11 @@ class ModelRunner:
         owner = [k for k, j in enumerate(jobs) for _ in range(j.rows)]
         bounds = np.cumsum([0, *(j.rows for j in jobs)]).tolist()
         todo = [j.rows for j in jobs]  # rows of each job still to compute
+        costs = [Cost() for _ in jobs]
 
         def outcome(k: int) -> Outcome:
             a, b = bounds[k], bounds[k + 1]
-            return Outcome(probs[a:b], labels[a:b], actions[a:b])
+            return Outcome(probs[a:b], labels[a:b], actions[a:b], costs[k])
 
         batch = jobs if isinstance(jobs, Batch) else None
         for units, call in self._plan(jobs):
@@ -135,6 +150,9 @@ class ModelRunner:
                     actions[r] = act
             if self.on_call is not None:
                 self.on_call(len(units), result.measurement)
+            if self.prices is not None:
+                for k, part in shares(self.prices, units, owner, result).items():
+                    costs[k] = costs[k] + part
             for k, done in Counter(owner[r] for r in rows).items():
                 todo[k] -= done
                 if todo[k] == 0 and batch is not None:
@@ -168,3 +186,19 @@ class ModelRunner:
             feeds = {k: v[start:end] for k, v in joined.items()}
             out.append(([[r] for r in range(start, end)], partial(p.predict_tensors, feeds)))
         return out
+
+
+def shares(
+    prices: CostModel, units: Sequence[Sequence[int]], owner: Sequence[int], result: PredictionBatch
+) -> dict[int, Cost]:
+    """Each job's part of one call: a unit's tokens (rows) shared equally among the positions that asked for it.
+
+    ``units[i]`` are the positions the call's row ``i`` answers; ``owner[r]`` is the job of position ``r``.
+    """
+    owners: list[int] = []
+    work: list[float] = []
+    for unit, tokens in zip(units, result.tokens.tolist(), strict=True):
+        for r in unit:
+            owners.append(owner[r])
+            work.append(tokens / len(unit))
+    return cast(dict[int, Cost], prices.split_by_owner(result.measurement, owners, work))

@@ -62,6 +62,11 @@ class InferenceResponse(BaseModel):
     model_name: str
     model_version: str
     id: str | None = None
+    parameters: Parameters | None = Field(
+        default=None,
+        description="the request's cost: energy_j (joules), cost_usd, co2_g (grams CO2e) and energy_method "
+        "('measured' or 'modelled'), as in the X-Joules-* headers",
+    )
     outputs: list[ResponseOutput]
 
 
@@ -117,10 +122,20 @@ class Prediction(BaseModel):
     action: str | None
 
 
+class CostParameters(BaseModel):
+    """What answering a request cost: its share of the model calls that computed its rows."""
+
+    energy_j: float = Field(description="joules")
+    cost_usd: float = Field(description="US dollars: the instance's price per hour x this work's CPU-seconds")
+    co2_g: float = Field(description="grams CO2e: energy x the grid's carbon intensity")
+    energy_method: str = Field(description="'measured' (RAPL, NVML) or 'modelled' (CPU-seconds x watts)")
+
+
 class PredictResponse(BaseModel):
     model: str
     version: int
     predictions: list[Prediction]
+    cost: CostParameters | None = None
 
 
 class ModelStatus(BaseModel):
