@@ -19,7 +19,9 @@ def test_models_commands_with_json(spam_home: Path, tiny_bundle_dir: Path) -> No
         assert all(0 <= m[k] <= 1 for k in ("f1", "roc_auc", "accuracy"))
         assert len(m["f1_ci95"]) == 2 and m["f1_ci95"][0] <= m["f1"] <= m["f1_ci95"][1]
 
-    assert json.loads(run_joules("models", "show", "spam:2", "--json", home=spam_home, check=True).stdout)["version"] == 2
+    assert (
+        json.loads(run_joules("models", "show", "spam:2", "--json", home=spam_home, check=True).stdout)["version"] == 2
+    )
     promoted = json.loads(run_joules("models", "promote", "spam", "2", "--json", home=spam_home, check=True).stdout)
     assert promoted["stage"] == "production"
     assert json.loads(run_joules("models", "show", "spam", "--json", home=spam_home, check=True).stdout)["version"] == 2
@@ -50,7 +52,9 @@ def test_predict_prints_label_and_action(spam_home: Path, tmp_path: Path) -> Non
     assert "label" in out and "action" in out
     rules = tmp_path / "r.yaml"
     rules.write_text("rules:\n  - when: spam >= 0.0\n    action: always\ndefault: never\n")
-    data = json.loads(run_joules("predict", "spam", "hello", "--rules", str(rules), "--json", home=spam_home, check=True).stdout)
+    data = json.loads(
+        run_joules("predict", "spam", "hello", "--rules", str(rules), "--json", home=spam_home, check=True).stdout
+    )
     assert data["predictions"][0]["action"] == "always" and data["version"] == 1
     rules.write_text("rules:\n  - when: spma >= 0.5\n    action: x\ndefault: y\n")
     proc = run_joules("predict", "spam", "hello", "--rules", str(rules), home=spam_home)
