@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "joules.cli.models",
     "joules.cli.predict",
     "joules.cli.serve",
+    "joules.cli.stream",
     "joules.cli.bench",
     "joules.cli.cost",
 ]

@@ -1,0 +1,156 @@
+"""``joules stream`` (judge messages as they flow) and ``joules publish`` (push a file into a stream)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from joules.cli.common import add_predict_options, runtime_options
+from joules.cli.output import info, print_json
+
+STREAM_EPILOG = """\
+examples:
+  joules stream spam --source redis://localhost:6379/mail --sink redis://localhost:6379/verdicts
+  cat mail.jsonl | joules stream spam --source - > verdicts.jsonl
+
+Each message gets exactly one outcome: a verdict in the sink stream (fields source_id, id, label,
+action, probabilities, model), or a dead letter in <source>:dead (reason and the original fields).
+"""
+
+
+def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
+    p = sub.add_parser(
+        "stream",
+        help="judge messages from a Redis stream (consumer group) or JSONL on stdin, as they arrive",
+        epilog=STREAM_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("ref", metavar="NAME[:VERSION]")
+    p.add_argument("--source", required=True, help="redis://HOST:PORT/STREAM, or - for JSONL on stdin")
+    p.add_argument("--sink", help="redis://HOST:PORT/STREAM for verdicts (with a Redis source); - for stdout")
+    p.add_argument("--group", help="consumer group (default: the model's name)")
+    p.add_argument("--consumer", help="this consumer's name in the group (default: HOST-PID)")
+    p.add_argument("--batch-size", type=int, default=64, help="messages per micro-batch (default 64)")
+    p.add_argument("--max-wait-ms", type=int, default=20, help="close a micro-batch this long after its first message")
+    p.add_argument(
+        "--start", default="0", help="where a new group starts: 0 (the backlog, default), $ (new only), an id"
+    )
+    p.add_argument(
+        "--claim-idle-ms",
+        type=int,
+        default=30_000,
+        help="claim other consumers' entries pending this long (default 30000)",
+    )
+    p.add_argument(
+        "--max-attempts", type=int, default=3, help="deliveries before a message is dead-lettered (default 3)"
+    )
+    p.add_argument(
+        "--max-text-bytes",
+        type=int,
+        default=65_536,
+        help="longer texts are dead letters (shorter: truncated by tokens)",
+    )
+    p.add_argument(
+        "--dedupe-ttl-s", type=int, default=86_400, help="keep the record that a message was answered this long"
+    )
+    p.add_argument("--sink-maxlen", type=int, help="trim the sink stream to about this many entries (default: never)")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--id-field", default="id")
+    p.add_argument(
+        "--call-rows",
+        type=int,
+        default=8,
+        help="rows per model call: a micro-batch is sorted by length and cut into calls of this many, "
+        "so each pads little (default 8)",
+    )
+    p.add_argument(
+        "--report-every-s", type=float, default=10.0, help="a progress line on stderr this often (0: only at exit)"
+    )
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics at http://127.0.0.1:PORT/metrics")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON at exit (stderr with --source -)")
+    add_predict_options(p)
+    p.set_defaults(func=cmd_stream)
+
+    p = sub.add_parser("publish", help="push a CSV or JSONL file into a Redis stream, one entry per row")
+    p.add_argument("file", metavar="FILE", help="a .csv or .jsonl file, or - for JSONL on stdin")
+    p.add_argument("--to", required=True, metavar="redis://HOST:PORT/STREAM")
+    p.add_argument("--format", choices=["csv", "jsonl"], help="the file's format (default: from its extension)")
+    p.add_argument("--rate", type=float, help="entries per second, paced (default: as fast as possible)")
+    p.add_argument("--maxlen", type=int, help="trim the stream to about this many entries")
+    p.add_argument("--limit", type=int, help="publish at most this many entries")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    p.set_defaults(func=cmd_publish)
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    from joules.registry.names import parse_ref
+    from joules.runtime import load_predictor
+    from joules.serve.stream import StreamConfig, StreamOptions, default_consumer_name, plan_endpoints, run_stream
+
+    plan = plan_endpoints(args.source, args.sink)
+    config = StreamConfig(
+        group=args.group or parse_ref(args.ref).name,
+        consumer=args.consumer or default_consumer_name(),
+        batch_size=args.batch_size,
+        max_wait_ms=args.max_wait_ms,
+        start=args.start,
+        claim_idle_ms=args.claim_idle_ms,
+        max_attempts=args.max_attempts,
+        max_text_bytes=args.max_text_bytes,
+        dedupe_ttl_s=args.dedupe_ttl_s,
+        sink_maxlen=args.sink_maxlen,
+        text_field=args.text_field,
+        id_field=args.id_field,
+        report_every_s=args.report_every_s,
+    )
+    options = StreamOptions(metrics_port=args.metrics_port, metrics_host=args.metrics_host)
+    predictor = load_predictor(
+        args.ref, rules_file=args.rules, options=runtime_options(args, max_batch_size=args.call_rows)
+    )
+    metrics = run_stream(predictor, plan, config, options)
+    summary = metrics.summary()
+    if args.json:
+        text = json.dumps(summary, indent=2)
+        if args.source == "-":
+            print(text, file=sys.stderr)
+        else:
+            print_json(summary)
+        return 0
+    lat = summary["e2e_latency_ms"]
+    info(
+        f"model {summary['model']}: {summary['verdicts']:,} verdicts, {summary['dead_letters']:,} dead letters, "
+        f"{summary['duplicates_skipped']:,} duplicates skipped in {summary['seconds']:,.1f} s "
+        f"({summary['messages_per_s']:,.1f} msg/s"
+        + (f", e2e p50 {lat['p50']:,.0f} ms p99 {lat['p99']:,.0f} ms" if lat["p50"] is not None else "")
+        + f"); modelled energy {summary['energy_j']:.1f} J ({summary['energy_j_per_1000']:.2f} J per 1,000 verdicts)"
+    )
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from joules.serve.stream import PublishConfig, RedisEndpoint, publish_file
+
+    endpoint = RedisEndpoint.parse(args.to)
+    config = PublishConfig(
+        path=None if args.file == "-" else Path(args.file),
+        format=args.format,
+        rate=args.rate,
+        maxlen=args.maxlen,
+        limit=args.limit,
+        progress=not args.no_progress and not args.json,
+    )
+    summary = publish_file(endpoint, config).to_dict()
+    if args.json:
+        print_json(summary)
+        return 0
+    info(
+        f"published {summary['published']:,} entries to {summary['stream']} in {summary['seconds']:.1f} s "
+        f"({summary['entries_per_s']:,.0f}/s)"
+        + (f"; skipped {summary['skipped']:,} lines" if summary["skipped"] else "")
+    )
+    return 0
