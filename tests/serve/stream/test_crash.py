@@ -93,8 +93,8 @@ def test_kill9_two_consumers_one_outcome_per_message(
             if c.proc.poll() is None:
                 stop(c)
     assert c1.proc.returncode == 0, c1.tail()
-    log = c1.log.read_text()
-    assert "re-reading" in log and "claimed" in log, "c1's next life took both paths: its own pending, c2's"
+    # Which path answered a held entry (c1 re-reading its own pending entries, or claiming c2's) depends
+    # on timing; that every held entry was answered exactly once is what is checked below.
 
     verdicts = entries(redis_server, "verdicts")
     source_ids = collections.Counter(f["source_id"] for _, f in verdicts)
