@@ -32,6 +32,9 @@ class FineTuneConfig:
     seed: int = 0
     threads: int = 0  # 0: torch's default
     pool_batches: int = 16  # rows are length-sorted within pools of this many batches
+    # Stop taking steps after this many seconds (the epoch in progress is then validated and
+    # training ends): optimization passes share a wall-clock budget. None: no limit.
+    max_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -40,6 +43,8 @@ class FineTuneConfig:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if not 0 < self.learning_rate < 1:
             raise ConfigError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise ConfigError(f"max_seconds must be > 0 or None, got {self.max_seconds}")
 
 
 @dataclass
@@ -127,10 +132,14 @@ def fine_tune(
     best_f1, best_state = -1.0, None
     started = time.perf_counter()
     bar = tqdm(total=total, desc="fine-tune", unit="step", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    out_of_time = False
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         losses = []
         for idx in _batches(lengths, cfg, rng):
+            if cfg.max_seconds is not None and time.perf_counter() - started > cfg.max_seconds:
+                out_of_time = True
+                break
             feeds = pre.batch([enc[i] for i in idx], {})
             logits = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits
             y = torch.from_numpy(labels[idx])
@@ -143,6 +152,8 @@ def fine_tune(
             losses.append(float(loss.detach()))
             bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses[-20:]):.4f}")
             bar.update(1)
+        if not losses:  # the time limit came before this epoch's first step
+            break
         val_logits = predict_logits(model, pre, validation[0])
         val_f1 = f1_score(np.asarray(validation[1]) == positive, val_logits.argmax(1) == positive)
         result.history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "validation_f1": val_f1})
@@ -150,6 +161,9 @@ def fine_tune(
         if val_f1 > best_f1:
             best_f1, result.best_epoch = val_f1, epoch
             best_state = copy.deepcopy(model.state_dict())
+        if out_of_time:
+            bar.write(f"stopped after {time.perf_counter() - started:.0f} s (max_seconds {cfg.max_seconds:g})")
+            break
     bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
