@@ -12,6 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from tests.conftest import DATA
 from tests.helpers import JOULES, run_joules
 
