@@ -14,6 +14,7 @@ This is a benchmark, not a test: it takes minutes per system and round.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -98,19 +99,13 @@ def descendants(pid: int) -> list[int]:
 def stop(proc: subprocess.Popen[bytes]) -> None:
     pids = [proc.pid, *descendants(proc.pid)]
     for p in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(p, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(30)
-    except subprocess.TimeoutExpired:
-        pass
     for p in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     proc.wait()
 
 
@@ -176,19 +171,20 @@ def main() -> None:
         for system in order:
             port = free_port()
             cmd, cwd = command(system, port, args.venvs, work)
-            log = open(args.out.parent / f"peers-{system}.log", "ab")
-            proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            url = f"http://127.0.0.1:{port}"
             row: dict = {"system": system, "round": r}
-            try:
-                if not ready(url, proc, 300):
-                    row["error"] = f"not ready (exit {proc.poll()}); see {log.name}"
-                else:
-                    row["fixed"] = {q: bench(url, proc.pid, ["--qps", q], args.duration) for q in args.rates.split(",")}
-                    row["max"] = bench(url, proc.pid, ["--find-max-qps", "--p99-ms", str(args.p99_ms)], args.duration)
-            finally:
-                stop(proc)
-                log.close()
+            with open(args.out.parent / f"peers-{system}.log", "ab") as log:
+                proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                url = f"http://127.0.0.1:{port}"
+                try:
+                    if not ready(url, proc, 300):
+                        row["error"] = f"not ready (exit {proc.poll()}); see {log.name}"
+                    else:
+                        rates = args.rates.split(",")
+                        row["fixed"] = {q: bench(url, proc.pid, ["--qps", q], args.duration) for q in rates}
+                        find_max = ["--find-max-qps", "--p99-ms", str(args.p99_ms)]
+                        row["max"] = bench(url, proc.pid, find_max, args.duration)
+                finally:
+                    stop(proc)
             with args.out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             print(json.dumps(summary_row(row)), flush=True)

@@ -8,7 +8,7 @@ import sys
 import bentoml
 
 sys.path.insert(0, os.path.dirname(__file__))
-from spam_model import SpamModel  # noqa: E402
+from spam_model import SpamModel
 
 MAX_BATCH = int(os.environ.get("PEER_MAX_BATCH", "32"))
 

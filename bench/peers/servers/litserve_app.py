@@ -8,7 +8,7 @@ import sys
 import litserve as ls
 
 sys.path.insert(0, os.path.dirname(__file__))
-from spam_model import SpamModel, v2_response, v2_text  # noqa: E402
+from spam_model import SpamModel, v2_response, v2_text
 
 MAX_BATCH = int(os.environ.get("PEER_MAX_BATCH", "32"))
 WAIT_S = float(os.environ.get("PEER_WAIT_MS", "5")) / 1000

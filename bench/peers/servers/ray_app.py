@@ -10,7 +10,7 @@ from ray import serve
 from starlette.requests import Request
 
 sys.path.insert(0, os.path.dirname(__file__))
-from spam_model import SpamModel, v2_response, v2_text  # noqa: E402
+from spam_model import SpamModel, v2_response, v2_text
 
 MAX_BATCH = int(os.environ.get("PEER_MAX_BATCH", "32"))
 WAIT_S = float(os.environ.get("PEER_WAIT_MS", "5")) / 1000

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from joules.bundle.graph import read_graph
 from joules.bundle.safety import scan_directory
 from joules.bundle.spec import SPEC_FILE, TOKENIZER_INPUTS, BundleSpec
 from joules.errors import BundleError
@@ -68,14 +69,7 @@ class Bundle:
 
     def _check_graph(self) -> None:
         """The ONNX graph's inputs and outputs agree with joules.yaml (reads the graph, not the weights)."""
-        import onnx
-
-        try:
-            model = onnx.load(str(self.model_path), load_external_data=False)
-        except Exception as e:  # onnx raises DecodeError and others: all mean "not an ONNX model"
-            raise BundleError(
-                f"bundle {str(self.path)!r}: {self.spec.model!r} is not a readable ONNX model ({e})"
-            ) from e
+        model = read_graph(self.model_path)
         initializers = {i.name for i in model.graph.initializer}
         graph_inputs = [i.name for i in model.graph.input if i.name not in initializers]
         outputs = [o.name for o in model.graph.output]

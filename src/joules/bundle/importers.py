@@ -18,11 +18,10 @@ from typing import Any
 import yaml
 
 from joules.bundle.bundle import Bundle, sha256_file
+from joules.bundle.graph import graph_inputs
 from joules.bundle.safety import check_safe, scan_directory
-from joules.bundle.spec import DEFAULT_MAX_LENGTH, SPEC_FILE, BundleSpec, TensorSpec
+from joules.bundle.spec import DEFAULT_MAX_LENGTH, SPEC_FILE, BundleSpec
 from joules.errors import BundleError
-
-_ONNX_DTYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 9: "bool", 8: "string"}
 
 
 def _now() -> str:
@@ -74,24 +73,6 @@ def _from_bundle(source: Path, workdir: Path) -> Bundle:
     return bundle
 
 
-def _graph_inputs(model_path: Path) -> tuple[TensorSpec, ...]:
-    import onnx
-
-    try:
-        model = onnx.load(str(model_path), load_external_data=False)
-    except Exception as e:  # any decode failure means "not ONNX"
-        raise BundleError(f"{str(model_path)!r} is not a readable ONNX model: {e}") from e
-    init = {i.name for i in model.graph.initializer}
-    specs = []
-    for i in model.graph.input:
-        if i.name in init:
-            continue
-        t = i.type.tensor_type
-        dims: list[int | str] = [d.dim_param or (d.dim_value if d.dim_value else "?") for d in t.shape.dim]
-        specs.append(TensorSpec(name=i.name, dtype=_ONNX_DTYPES.get(t.elem_type, "float32"), shape=tuple(dims)))
-    return tuple(specs)
-
-
 def _from_onnx(source: Path, spec_file: Path, workdir: Path, *, rules: dict[str, Any] | None) -> Bundle:
     check_safe(spec_file)
     try:
@@ -108,7 +89,7 @@ def _from_onnx(source: Path, spec_file: Path, workdir: Path, *, rules: dict[str,
     data.setdefault("inputs", [])
     if not data["inputs"]:
         data["inputs"] = [
-            {"name": s.name, "dtype": s.dtype, "shape": list(s.shape)} for s in _graph_inputs(out / "model.onnx")
+            {"name": s.name, "dtype": s.dtype, "shape": list(s.shape)} for s in graph_inputs(out / "model.onnx")
         ]
     pre = data.get("preprocess") or {}
     if pre.get("kind", "text") == "text":

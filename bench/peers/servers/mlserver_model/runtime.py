@@ -10,7 +10,7 @@ from mlserver.codecs import StringCodec
 from mlserver.types import InferenceRequest, InferenceResponse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run.py copies spam_model.py beside it
-from spam_model import SpamModel  # noqa: E402
+from spam_model import SpamModel
 
 
 class SpamRuntime(MLModel):

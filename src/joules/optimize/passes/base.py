@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from joules.bundle import DATASET_FILE, Bundle, SplitDataset, TensorSpec
+from joules.bundle import DATASET_FILE, Bundle, SplitDataset
+from joules.bundle.graph import graph_inputs
 from joules.optimize.errors import PassSkipped
 
 
@@ -62,23 +63,6 @@ def settings_of(p: Any) -> dict[str, Any]:
 
 def describe(p: Any) -> dict[str, Any]:
     return {"pass": p.name, "settings": settings_of(p)}
-
-
-def graph_inputs(model_path: Path) -> tuple[TensorSpec, ...]:
-    """The graph's real inputs (initializers excluded) as the bundle declares them."""
-    import onnx
-
-    dtypes = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 9: "bool", 8: "string"}
-    model = onnx.load(str(model_path), load_external_data=False)
-    init = {i.name for i in model.graph.initializer}
-    specs = []
-    for i in model.graph.input:
-        if i.name in init:
-            continue
-        t = i.type.tensor_type
-        dims: list[int | str] = [d.dim_param or (d.dim_value if d.dim_value else "?") for d in t.shape.dim]
-        specs.append(TensorSpec(name=i.name, dtype=dtypes.get(t.elem_type, "float32"), shape=tuple(dims)))
-    return tuple(specs)
 
 
 def derive_bundle(
