@@ -1,9 +1,13 @@
-"""Predictor throughput on the SMS messages: length grouping on vs off, and batch-1 latency.
+"""Predictor throughput on the 5,574 SMS messages, for several ways of cutting them into model calls.
 
 Variants run interleaved in rounds, so a busy neighbour slows all of them alike;
-the figures are medians over rounds and the ratios are taken within a round.
+figures are medians over rounds and ratios are taken within a round. Each
+variant is ``rows[/tokens][:unsorted]``: at most ``rows`` rows and ``tokens``
+padded tokens per model call; ``unsorted`` cuts the messages in file order
+instead of planning calls over length-sorted rows.
 
-    JOULES_HOME=... .venv/bin/python bench/batch/throughput.py --model spam --rounds 5
+    JOULES_HOME=... .venv/bin/python bench/batch/throughput.py --model spam --rounds 3 \\
+        --variants 1,8,32,64,32/1024,64/1024,64/2048,32:unsorted
 """
 
 from __future__ import annotations
@@ -23,43 +27,51 @@ ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data" / "sms_spam_collection" / "SMSSpamCollection.tsv"
 
 
+def options(variant: str, threads: int) -> RuntimeOptions:
+    cut, _, order = variant.partition(":")
+    rows, _, tokens = cut.partition("/")
+    return RuntimeOptions(
+        max_batch_size=int(rows),
+        max_batch_tokens=int(tokens) if tokens else None,
+        group_by_length=order != "unsorted",
+        allow_spinning=False,
+        intra_op_threads=threads,
+    )
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="spam")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--variants", default="1,8,32,64,32/1024,64/1024,64/2048,32:unsorted")
+    p.add_argument("--threads", type=int, default=0)
     p.add_argument("--latency-samples", type=int, default=300)
-    p.add_argument("--json", action="store_true")
     args = p.parse_args()
     texts = [line.rstrip("\n").split("\t", 1)[1] for line in DATA.open(encoding="utf-8")]
-    variants = {
-        "grouped": load_predictor(args.model, options=RuntimeOptions(max_batch_size=args.batch, allow_spinning=True)),
-        "unsorted": load_predictor(
-            args.model, options=RuntimeOptions(max_batch_size=args.batch, allow_spinning=True, group_by_length=False)
-        ),
-    }
-    rng = np.random.default_rng(0)
+    variants = {v: load_predictor(args.model, options=options(v, args.threads)) for v in args.variants.split(",")}
     rates: dict[str, list[float]] = {k: [] for k in variants}
     for r in range(args.rounds):
         for name, pred in variants.items():
             t = time.perf_counter()
             pred.predict_texts(texts)
             rates[name].append(len(texts) / (time.perf_counter() - t))
-        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f} msg/s" for k, v in rates.items()), file=sys.stderr)
-    single = variants["grouped"]
+        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in rates.items()), file=sys.stderr)
+    single = next(iter(variants.values()))
     lat = []
-    for i in rng.integers(0, len(texts), args.latency_samples):
+    for i in np.random.default_rng(0).integers(0, len(texts), args.latency_samples):
         t = time.perf_counter()
         single.predict_texts([texts[i]])
         lat.append((time.perf_counter() - t) * 1e3)
-    ratios = [g / u for g, u in zip(rates["grouped"], rates["unsorted"], strict=True)]
+    base = next(iter(rates))
     out = {
         "model": single.ref,
         "messages": len(texts),
-        "batch": args.batch,
-        "grouped_msg_s": round(statistics.median(rates["grouped"]), 1),
-        "unsorted_msg_s": round(statistics.median(rates["unsorted"]), 1),
-        "grouping_speedup": round(statistics.median(ratios), 2),
+        "rounds": args.rounds,
+        "msg_per_s": {k: round(statistics.median(v), 1) for k, v in rates.items()},
+        f"ratio_to_{base}": {
+            k: round(statistics.median([a / b for a, b in zip(v, rates[base], strict=True)]), 2)
+            for k, v in rates.items()
+        },
         "batch1_latency_ms": {
             q: round(float(np.percentile(lat, v)), 2) for q, v in (("p50", 50), ("p90", 90), ("p99", 99))
         },

@@ -16,7 +16,8 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("app", choices=APPS)
     p.add_argument("--name", help="register under this name (default: the app name)")
     p.add_argument("--data", type=Path, help="the SMS Spam Collection TSV (default: data/sms_spam_collection)")
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, help="passes over the training split (default 5)")
+    p.add_argument("--learning-rate", type=float, help="peak AdamW learning rate (default 3e-5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--promote", action="store_true", help="promote even when a production version exists")
     p.add_argument("--no-progress", action="store_true")
@@ -33,8 +34,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         registry=Registry(),
         name=name,
         data=args.data,
-        epochs=args.epochs,
         seed=args.seed,
+        **{k: v for k, v in (("epochs", args.epochs), ("learning_rate", args.learning_rate)) if v is not None},
         promote=True if args.promote else None,
         progress=not args.no_progress,
     )

@@ -35,6 +35,8 @@ class FineTuneConfig:
     # Stop taking steps after this many seconds (the epoch in progress is then validated and
     # training ends): optimization passes share a wall-clock budget. None: no limit.
     max_seconds: float | None = None
+    # Which weights to keep: "best" (the epoch with the best validation F1) or "last".
+    keep: str = "best"
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -43,6 +45,8 @@ class FineTuneConfig:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if not 0 < self.learning_rate < 1:
             raise ConfigError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
+        if self.keep not in ("best", "last"):
+            raise ConfigError(f"keep must be 'best' or 'last', got {self.keep!r}")
         if self.max_seconds is not None and self.max_seconds <= 0:
             raise ConfigError(f"max_seconds must be > 0 or None, got {self.max_seconds}")
 
@@ -158,7 +162,7 @@ def fine_tune(
         val_f1 = f1_score(np.asarray(validation[1]) == positive, val_logits.argmax(1) == positive)
         result.history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "validation_f1": val_f1})
         bar.write(f"epoch {epoch}: train loss {np.mean(losses):.4f}, validation F1 {val_f1:.4f}", file=sys.stderr)
-        if val_f1 > best_f1:
+        if cfg.keep == "last" or val_f1 > best_f1:
             best_f1, result.best_epoch = val_f1, epoch
             best_state = copy.deepcopy(model.state_dict())
         if out_of_time:
