@@ -4,8 +4,10 @@ The planner (`joules.runtime.planning.plan_runs`) cuts rows into model calls by
 weighing padding against per-call overhead; its constant `CALL_OVERHEAD_TOKENS`
 is the ratio of the two parts measured here. The script times the model (no
 tokenizer) on synthetic batches of rows x tokens, interleaving the shapes in
-rounds, and fits ``seconds = a + b * rows * tokens`` by least squares on the
-per-shape medians.
+rounds, and fits ``seconds = a + b * rows * tokens`` to the per-shape medians
+by least squares on relative error (large shapes would otherwise decide the
+fit alone, and attention makes them a little superlinear: see
+``per_token_row_us``).
 
     JOULES_HOME=... .venv/bin/python bench/online/call_cost.py --model spam --rounds 5
 """
@@ -54,7 +56,8 @@ def main() -> int:
             times[shape].append(time.perf_counter() - t)
     x = np.array([r * t for r, t in shapes], dtype=np.float64)
     y = np.array([statistics.median(times[s]) for s in shapes])
-    a, b = np.linalg.lstsq(np.stack([np.ones_like(x), x], 1), y, rcond=None)[0]
+    design = np.stack([np.ones_like(x), x], 1) / y[:, None]  # rows scaled by 1/y: relative residuals
+    a, b = np.linalg.lstsq(design, np.ones_like(y), rcond=None)[0]
     out = {
         "model": pred.ref,
         "rounds": args.rounds,
@@ -62,6 +65,7 @@ def main() -> int:
         "per_token_row_ms": round(b * 1e3, 4),
         "call_overhead_token_rows": round(a / b, 1),
         "median_ms": {f"{r}x{t}": round(statistics.median(times[(r, t)]) * 1e3, 2) for r, t in shapes},
+        "per_token_row_us": {f"{r}x{t}": round(statistics.median(times[(r, t)]) / (r * t) * 1e6, 1) for r, t in shapes},
     }
     print(json.dumps(out, indent=2))
     return 0

@@ -80,6 +80,25 @@ def test_idle_dispatches_at_once_then_batches_what_queued_meanwhile() -> None:
     run(main())
 
 
+def test_a_wider_window_gathers_more_rows_per_handler_call() -> None:
+    async def main() -> None:
+        h = Recorder(hold=True)
+        b = DynamicBatcher(h, BatchingConfig(max_batch_size=4, window_rows=8, max_queue_delay_ms=60_000))
+        b.start()
+        first = asyncio.ensure_future(b.submit(1))
+        await asyncio.get_running_loop().run_in_executor(None, h.entered.wait, 30)
+        rest = [asyncio.ensure_future(b.submit(x)) for x in range(2, 12)]
+        await until(lambda: b.depth == 10)
+        h.release.set()
+        assert await first == 2
+        assert await asyncio.gather(*rest) == [x * 2 for x in range(2, 12)]
+        # The handler (which cuts its rows into model calls) gets up to 8 rows, not 4.
+        assert h.batches[1:] == [list(range(2, 10)), [10, 11]]
+        await b.close()
+
+    run(main())
+
+
 def test_each_caller_gets_its_own_result_or_error() -> None:
     async def main() -> None:
         h = Recorder(hold=True)
@@ -307,7 +326,14 @@ def test_wrong_number_of_results_is_an_error_for_every_caller() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"max_batch_size": 0}, {"max_queue": 0}, {"instances": 0}, {"max_queue_delay_ms": -1}, {"max_batch_tokens": 0}],
+    [
+        {"max_batch_size": 0},
+        {"max_queue": 0},
+        {"instances": 0},
+        {"max_queue_delay_ms": -1},
+        {"max_batch_tokens": 0},
+        {"window_rows": -1},
+    ],
 )
 def test_config_is_validated(kwargs: dict) -> None:
     with pytest.raises(ConfigError):

@@ -27,6 +27,13 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
         help="padded tokens per model call, text models (default 1024): bounds how long one call takes",
     )
     p.add_argument(
+        "--batch-window",
+        type=int,
+        default=64,
+        help="rows gathered from the queue at once and cut by length into model calls of at most "
+        "--max-batch-size rows (default 64; --max-batch-size or less: no wider window)",
+    )
+    p.add_argument(
         "--max-queue-delay-ms",
         type=float,
         default=2.0,
@@ -65,6 +72,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         batching=BatchingConfig(
             max_batch_size=args.max_batch_size,
             max_batch_tokens=args.max_batch_tokens,
+            window_rows=args.batch_window,
             max_queue_delay_ms=args.max_queue_delay_ms,
             max_queue=args.max_queue,
             instances=args.instances,

@@ -1,8 +1,8 @@
 """Dynamic batching: concurrent requests share one model call.
 
 Requests wait in a bounded queue; a free instance takes as many of them, in
-order, as fit in ``max_batch_size`` rows and runs them as one call on a worker
-thread, so the event loop that feeds the queue never blocks on the model. When
+order, as fit in ``window_rows`` rows (by default ``max_batch_size``) and runs
+them as one handler call on a worker thread, so the event loop that feeds the queue never blocks on the model. When
 no call is running a request is dispatched at once: waiting ``max_queue_delay``
 for company only pays while another call is already busy (with one instance
 the batch simply forms while the running call finishes).
@@ -66,6 +66,10 @@ class BatchingConfig:
     # so a request never waits behind minutes of someone else's long rows. On CPU, rows of
     # 128 tokens gain nothing from batches of more than a few rows (docs/benchmarks.md).
     max_batch_tokens: int = 1024
+    # Rows one handler call may gather from the queue (0: max_batch_size). A handler that cuts
+    # its rows into model calls of at most max_batch_size (the server's runner) groups lengths
+    # better from a wider window, as the Predictor does from sorted windows.
+    window_rows: int = 0
     max_queue_delay_ms: float = 2.0  # longest wait for a fuller batch, only while a call is running
     max_queue: int = 1024  # requests waiting (not rows)
     instances: int = 1  # model calls running at once
@@ -75,12 +79,19 @@ class BatchingConfig:
             raise ConfigError(f"max_batch_size must be a whole number >= 1, got {self.max_batch_size!r}")
         if not isinstance(self.max_batch_tokens, int) or self.max_batch_tokens < 1:
             raise ConfigError(f"max_batch_tokens must be a whole number >= 1, got {self.max_batch_tokens!r}")
+        if not isinstance(self.window_rows, int) or self.window_rows < 0:
+            raise ConfigError(f"window_rows must be a whole number >= 0 (0: max_batch_size), got {self.window_rows!r}")
         if not 0 <= self.max_queue_delay_ms <= 60_000:
             raise ConfigError(f"max_queue_delay_ms must be in [0, 60000], got {self.max_queue_delay_ms!r}")
         if not isinstance(self.max_queue, int) or self.max_queue < 1:
             raise ConfigError(f"max_queue must be a whole number >= 1, got {self.max_queue!r}")
         if not isinstance(self.instances, int) or not 1 <= self.instances <= 64:
             raise ConfigError(f"instances must be a whole number in [1, 64], got {self.instances!r}")
+
+    @property
+    def window(self) -> int:
+        """Rows one handler call may gather."""
+        return max(self.window_rows, self.max_batch_size) if self.window_rows else self.max_batch_size
 
 
 @dataclass(eq=False)
@@ -281,7 +292,7 @@ class DynamicBatcher(Generic[T, R]):
         now = time.monotonic()
         while self._queue:
             p = self._queue[0]
-            if batch and rows + p.rows > self.config.max_batch_size:
+            if batch and rows + p.rows > self.config.window:
                 break
             self._queue.popleft()
             self._queued_rows -= p.rows
