@@ -173,9 +173,12 @@ class ModelRunner:
                     same.append([])
                 same[u].append(i)
             distinct = [texts[positions[0]] for positions in same]
-            # Token counts decide the runs; tokenizing twice costs well under 1 % of a call.
-            lengths = [len(e.ids) for e in p.text.encode(distinct)]
-            runs = plan_runs(lengths, self.max_batch_size, max_tokens=self.max_batch_tokens)
+            if len(distinct) == 1:
+                runs = [[0]]  # nothing to plan (every request alone at low load): skip tokenizing twice
+            else:
+                # Token counts decide the runs; tokenizing twice costs well under 1 % of a call.
+                lengths = [len(e.ids) for e in p.text.encode(distinct)]
+                runs = plan_runs(lengths, self.max_batch_size, max_tokens=self.max_batch_tokens)
             return [([same[u] for u in run], partial(p.predict_texts, [distinct[u] for u in run])) for run in runs]
         names = list(jobs[0].tensors or {})
         joined = {k: np.concatenate([(j.tensors or {})[k] for j in jobs]) for k in names}
