@@ -77,17 +77,7 @@ class DistillTransformer:
         ctx.texts("train")  # PassSkipped when there is no dataset
         student, chosen = make_student(teacher, self.layers)
         del teacher
-        result, planned = fine_tune_on_teacher(
-            student,
-            bundle,
-            ctx,
-            epochs=self.epochs,
-            learning_rate=self.learning_rate,
-            batch_size=self.batch_size,
-            temperature=self.temperature,
-            alpha=self.alpha,
-            max_seconds=self.max_seconds,
-        )
+        result, planned = fine_tune_on_teacher(student, bundle, ctx, self)
         new, gap = write_trained_bundle(result.model, bundle, out)
         details = {
             "student": "transformer",

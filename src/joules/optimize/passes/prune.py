@@ -184,17 +184,7 @@ class Prune:
             raise PassSkipped(f"sparsity {self.sparsity} removes nothing from layers shaped {before}")
         setattr(model.config, PRUNED_KEY, after)
         params_after = count_parameters(model)
-        result, planned = fine_tune_on_teacher(
-            model,
-            bundle,
-            ctx,
-            epochs=self.epochs,
-            learning_rate=self.learning_rate,
-            batch_size=self.batch_size,
-            temperature=self.temperature,
-            alpha=self.alpha,
-            max_seconds=self.max_seconds,
-        )
+        result, planned = fine_tune_on_teacher(model, bundle, ctx, self)
         new, gap = write_trained_bundle(result.model, bundle, out)
         _check_config(new, after)
         details = {

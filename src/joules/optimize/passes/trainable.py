@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -160,23 +160,30 @@ def fit_epochs(
     return max(1, min(epochs, math.floor(max_seconds / per_epoch)))
 
 
-def fine_tune_on_teacher(
-    model: Any,
-    bundle: Bundle,
-    ctx: PassContext,
-    *,
-    epochs: int,
-    learning_rate: float,
-    batch_size: int,
-    temperature: float,
-    alpha: float,
-    max_seconds: float | None,
-) -> tuple[Any, int]:
+class TeacherTuning(Protocol):
+    """The fine-tuning settings a pass that trains against the teacher carries (prune, distill)."""
+
+    @property
+    def epochs(self) -> int: ...
+    @property
+    def learning_rate(self) -> float: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def temperature(self) -> float: ...
+    @property
+    def alpha(self) -> float: ...
+    @property
+    def max_seconds(self) -> float | None: ...
+
+
+def fine_tune_on_teacher(model: Any, bundle: Bundle, ctx: PassContext, tuning: TeacherTuning) -> tuple[Any, int]:
     """Fine-tune ``model`` on the training split against the bundle's soft labels.
 
     Returns the FineTuneResult and the number of epochs planned (fewer than
-    ``epochs`` when only those fit in ``max_seconds``).
+    ``tuning.epochs`` when only those fit in ``tuning.max_seconds``).
     """
+    batch_size, max_seconds = tuning.batch_size, tuning.max_seconds
     from joules.runtime.preprocess import TextPreprocessor
     from joules.train import FineTuneConfig, fine_tune
 
@@ -186,13 +193,13 @@ def fine_tune_on_teacher(
     texts = ctx.texts("train")
     started = time.perf_counter()
     planned = fit_epochs(
-        model, pre, texts, batch_size=batch_size, epochs=epochs, max_seconds=max_seconds, seed=ctx.seed
+        model, pre, texts, batch_size=batch_size, epochs=tuning.epochs, max_seconds=max_seconds, seed=ctx.seed
     )
     if max_seconds is not None:
         max_seconds = max(1.0, max_seconds - (time.perf_counter() - started))
     cfg = FineTuneConfig(
         epochs=planned,
-        learning_rate=learning_rate,
+        learning_rate=tuning.learning_rate,
         batch_size=batch_size,
         seed=ctx.seed,
         max_seconds=max_seconds,
@@ -204,7 +211,7 @@ def fine_tune_on_teacher(
         (ctx.texts("validation"), label_index(bundle, ctx, "validation")),
         cfg,
         positive=bundle.spec.labels.index(bundle.spec.postprocess.positive),
-        loss_fn=distillation_loss(soft, temperature=temperature, alpha=alpha),
+        loss_fn=distillation_loss(soft, temperature=tuning.temperature, alpha=tuning.alpha),
         progress=ctx.progress,
     )
     return result, planned
