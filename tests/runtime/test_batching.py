@@ -59,10 +59,14 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def test_idle_dispatches_at_once_then_batches_what_queued_meanwhile() -> None:
+# (max_batch_size, window_rows): the handler gets up to the window's rows (the server's runner
+# then cuts them into model calls of at most max_batch_size), so both take 8 rows at a time.
+@pytest.mark.parametrize(("max_batch_size", "window_rows"), [(8, 0), (4, 8)])
+def test_idle_dispatches_at_once_then_batches_what_queued_meanwhile(max_batch_size: int, window_rows: int) -> None:
     async def main() -> None:
         h = Recorder(hold=True)
-        b = DynamicBatcher(h, BatchingConfig(max_batch_size=8, max_queue_delay_ms=60_000))
+        config = BatchingConfig(max_batch_size=max_batch_size, window_rows=window_rows, max_queue_delay_ms=60_000)
+        b = DynamicBatcher(h, config)
         b.start()
         first = asyncio.ensure_future(b.submit(1))
         # The model is idle: the first request runs alone at once, without waiting the (huge) delay.
@@ -73,26 +77,7 @@ def test_idle_dispatches_at_once_then_batches_what_queued_meanwhile() -> None:
         h.release.set()
         assert await first == 2
         assert await asyncio.gather(*rest) == [x * 2 for x in range(2, 12)]
-        # Queued while the first ran: taken in order, at most 8 rows per call.
-        assert h.batches[1:] == [list(range(2, 10)), [10, 11]]
-        await b.close()
-
-    run(main())
-
-
-def test_a_wider_window_gathers_more_rows_per_handler_call() -> None:
-    async def main() -> None:
-        h = Recorder(hold=True)
-        b = DynamicBatcher(h, BatchingConfig(max_batch_size=4, window_rows=8, max_queue_delay_ms=60_000))
-        b.start()
-        first = asyncio.ensure_future(b.submit(1))
-        await asyncio.get_running_loop().run_in_executor(None, h.entered.wait, 30)
-        rest = [asyncio.ensure_future(b.submit(x)) for x in range(2, 12)]
-        await until(lambda: b.depth == 10)
-        h.release.set()
-        assert await first == 2
-        assert await asyncio.gather(*rest) == [x * 2 for x in range(2, 12)]
-        # The handler (which cuts its rows into model calls) gets up to 8 rows, not 4.
+        # Queued while the first ran: taken in order, at most 8 rows per handler call.
         assert h.batches[1:] == [list(range(2, 10)), [10, 11]]
         await b.close()
 
