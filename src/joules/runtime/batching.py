@@ -25,10 +25,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -106,6 +107,7 @@ class _Pending(Generic[T, R]):
     # thread (a plain attribute: a stale read only costs one model call).
     abandoned: bool = False
     delivered: bool = False  # answered early through Batch.deliver
+    timer: asyncio.TimerHandle | None = None  # fires at the deadline
 
 
 class Batch(list[T]):
@@ -165,7 +167,11 @@ class DynamicBatcher(Generic[T, R]):
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._pool = ThreadPoolExecutor(config.instances, thread_name_prefix=f"joules-{name}")
+        # The instances: threads taking (batch, start time) from one inbox; None stops one.
+        self._inbox: queue.SimpleQueue[tuple[list[_Pending[T, R]], float] | None] = queue.SimpleQueue()
+        self._workers = [
+            threading.Thread(target=self._work, name=f"joules-{name}-{i}", daemon=True) for i in range(config.instances)
+        ]
         # Seconds per row, smoothed; only for the Retry-After estimate.
         self._row_seconds = 0.01
 
@@ -191,6 +197,8 @@ class DynamicBatcher(Generic[T, R]):
         if self._task is None:
             self._loop = asyncio.get_running_loop()
             self._task = self._loop.create_task(self._schedule(), name=f"batcher-{self.name}")
+            for w in self._workers:
+                w.start()
 
     async def close(self) -> None:
         """Stop taking requests, finish those already queued and running, then stop the workers."""
@@ -205,7 +213,12 @@ class DynamicBatcher(Generic[T, R]):
             self._task = None
         if self._timer is not None:
             self._timer.cancel()
-        self._pool.shutdown(wait=True)
+        for w in self._workers:
+            if w.is_alive():
+                self._inbox.put(None)
+        for w in self._workers:
+            if w.is_alive():
+                w.join()  # idle by now: nothing is queued or running
 
     # -- submitting ------------------------------------------------------------------------------
 
@@ -224,18 +237,20 @@ class DynamicBatcher(Generic[T, R]):
         pending: _Pending[T, R] = _Pending(item, rows, loop.create_future(), now, deadline)
         self._queue.append(pending)
         self._queued_rows += rows
-        self._wakeup.set()
-        timeout = None if deadline is None else max(0.0, deadline - now)
+        if deadline is not None:
+            pending.timer = loop.call_later(max(0.0, deadline - now), self._expire, pending)
+        if not self._running and len(self._queue) == 1:
+            batch = self._take()  # idle: no company to wait for, so no need for the scheduler's turn
+            if batch:
+                self._dispatch(batch)
+        else:
+            self._wakeup.set()
         try:
-            return await asyncio.wait_for(pending.future, timeout)
-        except TimeoutError:
-            raise DeadlineExceededError(
-                f"model {self.name}: no answer within the request's deadline "
-                f"({'queued' if pending in self._queue else 'running'} for {time.monotonic() - now:.3f} s)"
-            ) from None
+            return await pending.future
         finally:
-            # Timed out or cancelled: drop it from the queue so it costs no model call.
-            if pending.future.cancelled():
+            if pending.timer is not None:
+                pending.timer.cancel()
+            if pending.future.cancelled():  # the caller went away (disconnect): it costs no model call
                 pending.abandoned = True
                 self._forget(pending)
 
@@ -248,6 +263,20 @@ class DynamicBatcher(Generic[T, R]):
                 f"model {self.name}: the queue is full ({self.config.max_queue} requests waiting); retry later",
                 retry_after_s=self._retry_after(),
             )
+
+    def _expire(self, pending: _Pending[T, R]) -> None:
+        """The deadline timer: answer 'too late', and drop the request if its call has not started."""
+        if pending.future.done():
+            return
+        queued = pending in self._queue
+        pending.abandoned = True
+        self._forget(pending)
+        pending.future.set_exception(
+            DeadlineExceededError(
+                f"model {self.name}: no answer within the request's deadline "
+                f"({'queued' if queued else 'running'} for {time.monotonic() - pending.enqueued:.3f} s)"
+            )
+        )
 
     def _forget(self, pending: _Pending[T, R]) -> None:
         try:
@@ -314,27 +343,33 @@ class DynamicBatcher(Generic[T, R]):
                 self._on_dispatch([p.waited for p in batch])
             except Exception:  # an observer must never break serving
                 log.exception("batch observer failed")
+        self._inbox.put((batch, time.perf_counter()))
+
+    def _work(self) -> None:
+        """One instance, on its own thread: run the batches it is handed, report back to the loop."""
+        assert self._loop is not None  # started by start()
+        while (job := self._inbox.get()) is not None:
+            batch, started = job
+            try:
+                outcomes: list[Any] = self._call(batch)
+            except BaseException as e:  # _call answers Exceptions itself; this is anything worse
+                outcomes = [e] * len(batch)
+            try:
+                self._loop.call_soon_threadsafe(self._finished, batch, started, outcomes)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                return
+
+    def _finished(self, batch: list[_Pending[T, R]], started: float, outcomes: list[Any]) -> None:
+        """On the loop: a call is done; answer its callers and look for more work."""
+        self._running -= 1
+        elapsed = time.perf_counter() - started
         rows = sum(p.rows for p in batch)
-        started = time.perf_counter()
-        work = asyncio.get_running_loop().run_in_executor(self._pool, self._call, batch)
-
-        def finished(done: asyncio.Future[list[Any]]) -> None:
-            self._running -= 1
-            elapsed = time.perf_counter() - started
-            self._row_seconds = 0.8 * self._row_seconds + 0.2 * elapsed / max(1, rows)
-            if done.cancelled():
-                outcomes: list[Any] = [BatcherClosedError(f"model {self.name}: the call was cancelled")] * len(batch)
-            elif done.exception() is not None:
-                outcomes = [done.exception()] * len(batch)
-            else:
-                outcomes = done.result()
-            for p, outcome in zip(batch, outcomes, strict=True):
-                self._settle(p, outcome)
-            if not self._queue and not self._running:
-                self._idle.set()
-            self._wakeup.set()
-
-        work.add_done_callback(finished)
+        self._row_seconds = 0.8 * self._row_seconds + 0.2 * elapsed / max(1, rows)
+        for p, outcome in zip(batch, outcomes, strict=True):
+            self._settle(p, outcome)
+        if not self._queue and not self._running:
+            self._idle.set()
+        self._wakeup.set()
 
     def _call(self, pending: list[_Pending[T, R]]) -> list[Any]:
         """On a worker thread: one handler call, or one per item if the whole batch failed."""
