@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -83,3 +84,75 @@ def test_serving_never_imports_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+class _Receive:
+    """An ASGI ``receive`` whose disconnect the test triggers."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self.gone = asyncio.Event()
+
+    async def __call__(self) -> dict[str, str]:
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+
+def _request(receive: _Receive) -> Any:
+    from starlette.requests import Request
+
+    return Request({"type": "http", "method": "POST", "path": "/", "headers": []}, receive)
+
+
+def test_a_disconnect_cancels_the_awaited_work_and_is_reported() -> None:
+    import asyncio
+
+    from joules.serve.online.edge import unless_disconnected
+    from joules.serve.online.errors import ClientClosedError
+
+    async def scenario() -> tuple[bool, str]:
+        receive = _Receive()
+        cancelled = asyncio.Event()
+
+        async def work() -> str:
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+            return "never"
+
+        asyncio.get_running_loop().call_later(0.01, receive.gone.set)
+        try:
+            await unless_disconnected(_request(receive), work())
+        except ClientClosedError as e:
+            task = asyncio.current_task()
+            assert task is not None and task.cancelling() == 0  # the caller itself is not left cancelled
+            return cancelled.is_set(), str(e)
+        raise AssertionError("no ClientClosedError")
+
+    was_cancelled, message = asyncio.run(scenario())
+    assert was_cancelled
+    assert "disconnected" in message
+
+
+def test_a_disconnect_right_after_the_answer_does_not_cancel_the_caller() -> None:
+    import asyncio
+
+    from joules.serve.online.edge import unless_disconnected
+
+    async def scenario() -> str:
+        receive = _Receive()
+
+        async def work() -> str:
+            receive.gone.set()  # the client goes away in the same turn of the loop as the answer
+            await asyncio.sleep(0)
+            return "answer"
+
+        out = await unless_disconnected(_request(receive), work())
+        for _ in range(5):
+            await asyncio.sleep(0)  # a late disconnect callback would cancel us here
+        return out
+
+    assert asyncio.run(scenario()) == "answer"
