@@ -59,12 +59,21 @@ def read_machine_busy(path: str = "/proc/stat") -> float:
 
 
 class ThreadCpuClock:
-    """Per-thread CPU clocks of this process (Linux)."""
+    """Per-thread CPU clocks of this process (Linux).
+
+    Listing ``/proc/self/task`` costs more than reading every clock, and it is done twice
+    per model call, so the list of thread ids is kept for ``relist_s`` seconds (native
+    pools start once and live as long as their session); a thread that ends is dropped
+    at once, one that starts is counted from the next listing on.
+    """
 
     scope = "the calling thread and the native worker threads"
 
-    def __init__(self) -> None:
+    def __init__(self, relist_s: float = 1.0) -> None:
         self._task_dir = "/proc/self/task"
+        self._relist_s = relist_s
+        self._tids: list[int] = []
+        self._listed = -float("inf")
 
     @staticmethod
     def available() -> bool:
@@ -84,18 +93,20 @@ class ThreadCpuClock:
     def native_threads(self) -> dict[int, float]:
         python = {t.native_id for t in threading.enumerate()}
         out: dict[int, float] = {}
-        try:
-            tids = os.listdir(self._task_dir)
-        except OSError:
-            return out
-        for name in tids:
-            tid = int(name)
+        now = time.monotonic()
+        if now - self._listed >= self._relist_s:
+            try:
+                self._tids = [int(name) for name in os.listdir(self._task_dir)]
+            except OSError:
+                return out
+            self._listed = now
+        for tid in self._tids:
             if tid in python:
                 continue
             try:
                 out[tid] = time.clock_gettime(_thread_clock(tid))
             except OSError:
-                continue  # the thread ended between listing and reading
+                self._listed = -float("inf")  # the thread ended: list again next time
         return out
 
     def machine_busy(self) -> float:
