@@ -126,3 +126,24 @@ def test_importing_joules_and_serving_never_imports_torch(tiny_bundle_dir: Path)
         "assert 'transformers' not in sys.modules, 'transformers was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_spinning_is_off_unless_asked_and_then_bounded(tiny_bundle_dir: Path) -> None:
+    from joules.errors import ConfigError
+    from joules.runtime.executor import session_options
+    from joules.serve.online import ServeConfig
+
+    off = session_options(RuntimeOptions())
+    assert off.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    # `joules serve` (--spin-us 100): pool threads spin 100 us for work, then sleep.
+    served = ServeConfig().runtime_options()
+    so = session_options(served)
+    assert so.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert so.get_session_config_entry("session.intra_op.spin_duration_us") == "100"
+    assert ServeConfig(spin_us=0).runtime_options().allow_spinning is False
+    p = Predictor(Bundle.load(tiny_bundle_dir), options=served)
+    assert p.predict_texts(["spin a little"]).labels
+    with pytest.raises(ConfigError, match="spin_us"):
+        ServeConfig(spin_us=-1)
+    with pytest.raises(ConfigError, match="spin_duration_us"):
+        RuntimeOptions(allow_spinning=True, spin_duration_us=0)

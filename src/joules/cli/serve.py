@@ -53,6 +53,12 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--drain-timeout-s", type=float, default=30.0, help="graceful shutdown limit (default 30)")
     p.add_argument("--max-connections", type=int, default=2048, help="open connections before 503 (default 2048)")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads per instance (0: cores / instances)")
+    p.add_argument(
+        "--spin-us",
+        type=int,
+        default=100,
+        help="microseconds ONNX Runtime's idle threads spin for work before sleeping; 0: never spin (default 100)",
+    )
     p.add_argument("--providers", help="comma-separated ONNX Runtime execution providers (default: best available)")
     p.add_argument("--access-log", action="store_true", help="log every request")
     # How each response's X-Joules-* cost is priced; flags win over JOULES_* variables and config.yaml.
@@ -87,6 +93,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         drain_timeout_s=args.drain_timeout_s,
         max_connections=args.max_connections,
         threads=args.threads,
+        spin_us=args.spin_us,
         providers=providers,
         access_log=args.access_log,
     )

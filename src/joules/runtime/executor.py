@@ -40,6 +40,9 @@ class RuntimeOptions:
     # Spinning pool threads burn CPU waiting for work; on a 2-core machine they starve the
     # HTTP loop, so spinning is off unless asked for.
     allow_spinning: bool = False
+    # With spinning on: how long an idle pool thread spins before it sleeps (ONNX Runtime's
+    # session.intra_op.spin_duration_us). None: ONNX Runtime's own default (long).
+    spin_duration_us: int | None = None
     graph_optimization: str = "all"
     # Memory patterns and the CPU arena cache allocations per input shape; with many shapes
     # (dynamic batching of texts) the arena keeps growing, so servers may turn them off.
@@ -61,6 +64,8 @@ class RuntimeOptions:
             )
         if self.max_batch_size < 1:
             raise ConfigError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.spin_duration_us is not None and not 1 <= self.spin_duration_us <= 1_000_000:
+            raise ConfigError(f"spin_duration_us must be in [1, 1000000] or None, got {self.spin_duration_us}")
         if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
             raise ConfigError(f"max_batch_tokens must be >= 1 or None, got {self.max_batch_tokens}")
         if self.providers is not None:
@@ -81,6 +86,9 @@ def session_options(options: RuntimeOptions) -> ort.SessionOptions:
     spin = "1" if options.allow_spinning else "0"
     so.add_session_config_entry("session.intra_op.allow_spinning", spin)
     so.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    if options.allow_spinning and options.spin_duration_us is not None:
+        so.add_session_config_entry("session.intra_op.spin_duration_us", str(options.spin_duration_us))
+        so.add_session_config_entry("session.inter_op.spin_duration_us", str(options.spin_duration_us))
     return so
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from joules.errors import ConfigError
 from joules.registry import validate_name
+from joules.runtime import RuntimeOptions
 from joules.runtime.batching import BatchingConfig
 
 MIB = 1 << 20
@@ -29,6 +30,9 @@ class ServeConfig:
     drain_timeout_s: float = 30.0  # graceful shutdown: how long in-flight requests may take
     max_connections: int = 2048  # beyond this uvicorn answers 503 before reading the request
     threads: int = 0  # ONNX Runtime intra-op threads per instance; 0: the cores shared among instances
+    # ONNX Runtime's pool threads spin this long for more work before they sleep; 0: never spin.
+    # Bounded, spinning costs no CPU per request and saves the wake-ups (docs/benchmarks.md).
+    spin_us: int = 100
     providers: tuple[str, ...] | None = None
     access_log: bool = False
 
@@ -56,6 +60,8 @@ class ServeConfig:
             raise ConfigError(f"max_connections must be >= 1, got {self.max_connections}")
         if self.threads < 0:
             raise ConfigError(f"threads must be >= 0, got {self.threads}")
+        if not 0 <= self.spin_us <= 1_000_000:
+            raise ConfigError(f"spin_us must be in [0, 1000000] (0: never spin), got {self.spin_us}")
         if self.rules_file is not None and not Path(self.rules_file).is_file():
             raise ConfigError(f"rule file {str(self.rules_file)!r} does not exist")
         if self.api_key_env is not None:
@@ -80,6 +86,18 @@ class ServeConfig:
                 f"export {self.api_key_env}=<a long random key> before starting the server"
             )
         return key.strip()
+
+    def runtime_options(self) -> RuntimeOptions:
+        """How every served model runs (the benchmarks' in-process baseline uses the same)."""
+        return RuntimeOptions(
+            providers=self.providers,
+            intra_op_threads=self.intra_op_threads(),
+            allow_spinning=self.spin_us > 0,
+            spin_duration_us=self.spin_us or None,
+            mem_pattern=False,  # patterns are cached per input shape: useless and growing with varying shapes
+            max_batch_size=self.batching.max_batch_size,
+            warmup=True,
+        )
 
     def intra_op_threads(self) -> int:
         """Threads per model call: the given number, else the cores shared among instances."""

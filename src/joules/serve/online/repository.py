@@ -24,7 +24,7 @@ from joules.errors import JoulesError, ModelNotFoundError
 from joules.meter import Cost, CostModel, EnergyMeter
 from joules.registry import Registry, validate_name
 from joules.registry.names import parse_version
-from joules.runtime import Predictor, RuntimeOptions
+from joules.runtime import Predictor
 from joules.runtime.batching import DynamicBatcher
 from joules.serve.online.cache import ResponseCache, Row
 from joules.serve.online.config import ServeConfig
@@ -283,18 +283,10 @@ class ModelRepository:
         cfg = self.config
         bundle = self.registry.load(f"{name}:{version}")
         rules = RuleSet.from_file(cfg.rules_file, bundle.spec.labels) if cfg.rules_file else None
-        options = RuntimeOptions(
-            providers=cfg.providers,
-            intra_op_threads=cfg.intra_op_threads(),
-            allow_spinning=False,  # spinning pool threads would steal the event loop's CPU
-            mem_pattern=False,  # patterns are cached per input shape: useless and growing with varying shapes
-            max_batch_size=cfg.batching.max_batch_size,
-            warmup=True,
-        )
         predictor = Predictor(
             bundle,
             rules=rules,
-            options=options,
+            options=cfg.runtime_options(),
             meter=EnergyMeter.from_settings(self.registry.settings),
             version=version,
         )
