@@ -9,13 +9,15 @@
    client with keep-alive connections (cheap, so the client steals little CPU from
    the server on a 2-core machine):
    - closed loop at concurrency 1, 8 and 64: each connection sends its next request
-     when the previous answer arrives;
+     when the previous answer arrives; concurrency 1 alternates with the in-process
+     batch-1 run in blocks of 100 messages, so both sides see the same machine;
    - open loop, Poisson arrivals at fixed rates: latency counts from the scheduled
      send time, so queueing in the client is not hidden (no coordinated omission).
    Mean batch size comes from the server's /metrics (joules_batch_size).
 
 Each request is one message through POST /v1/models/spam:predict; the response cache
-is off unless --cache-size is given. Run nothing else heavy at the same time.
+is off unless --cache-size is given. The client runs on uvloop. Run nothing else heavy
+at the same time.
 """
 
 from __future__ import annotations
@@ -65,22 +67,43 @@ def summary(lat: list[float], seconds: float, errors: int, rows: int) -> dict[st
 # -- in process -------------------------------------------------------------------------------
 
 
-def in_process_predictor(max_batch_size: int) -> Any:
-    from joules.runtime import RuntimeOptions, load_predictor
+def in_process_predictor(server_args: list[str]) -> Any:
+    """The Predictor as `joules serve` with ``server_args`` builds it: the same runtime options."""
+    from joules.cli.main import build_parser
+    from joules.cli.serve import config_from_args
+    from joules.runtime import load_predictor
 
-    # The server's runtime options (see serve/online/repository.py).
-    options = RuntimeOptions(allow_spinning=False, mem_pattern=False, max_batch_size=max_batch_size)
-    return load_predictor("spam", options=options)
+    config = config_from_args(build_parser().parse_args(["serve", "spam", *server_args]))
+    return load_predictor("spam", options=config.runtime_options())
 
 
 def in_process_batch1(p: Any, texts: list[str]) -> dict[str, Any]:
+    lat, seconds = _batch1(p, texts)
+    return summary(lat, seconds, 0, len(texts))
+
+
+def _batch1(p: Any, texts: list[str]) -> tuple[list[float], float]:
     lat = []
     t0 = time.perf_counter()
     for t in texts:
         s = time.perf_counter()
         p.predict_texts([t])
         lat.append(time.perf_counter() - s)
-    return summary(lat, time.perf_counter() - t0, 0, len(texts))
+    return lat, time.perf_counter() - t0
+
+
+def latency_pair(p: Any, port: int, texts: list[str], bodies: list[bytes], block: int = 100) -> dict[str, Any]:
+    """In-process batch 1 and the server at concurrency 1 on the same messages, alternating in
+    blocks of ``block`` messages, so that a slow spell of a shared machine hits both sides."""
+    sides: dict[str, tuple[list[float], float, int]] = {"inproc_b1": ([], 0.0, 0), "server_c1": ([], 0.0, 0)}
+    for i in range(0, len(texts), block):
+        lat, seconds = _batch1(p, texts[i : i + block])
+        a = sides["inproc_b1"]
+        sides["inproc_b1"] = (a[0] + lat, a[1] + seconds, 0)
+        lat, seconds, errors = asyncio.run(_closed_loop(port, bodies[i : i + block], 1))
+        a = sides["server_c1"]
+        sides["server_c1"] = (a[0] + lat, a[1] + seconds, a[2] + errors)
+    return {k: summary(lat, seconds, errors, len(lat)) for k, (lat, seconds, errors) in sides.items()}
 
 
 def in_process_windows(p: Any, texts: list[str], *, planned: bool) -> dict[str, Any]:
@@ -102,6 +125,16 @@ def in_process_windows(p: Any, texts: list[str], *, planned: bool) -> dict[str, 
 
 
 # -- the client -------------------------------------------------------------------------------
+
+
+def use_uvloop() -> None:
+    """Run the client on uvloop where it is installed (a dependency of joules off Windows): the
+    client shares the 2 cores with the server, so its own CPU per request should be small."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 class Connection:
@@ -138,6 +171,11 @@ def raw_request(text: str) -> bytes:
 
 
 async def closed_loop(port: int, bodies: list[bytes], concurrency: int) -> dict[str, Any]:
+    lat, seconds, errors = await _closed_loop(port, bodies, concurrency)
+    return summary(lat, seconds, errors, len(lat))
+
+
+async def _closed_loop(port: int, bodies: list[bytes], concurrency: int) -> tuple[list[float], float, int]:
     conns = [await Connection.open(port) for _ in range(concurrency)]
     lat: list[float] = []
     errors = 0
@@ -160,7 +198,7 @@ async def closed_loop(port: int, bodies: list[bytes], concurrency: int) -> dict[
     seconds = time.perf_counter() - t0
     for c in conns:
         c.close()
-    return summary(lat, seconds, errors, len(lat))
+    return lat, seconds, errors
 
 
 async def open_loop(port: int, bodies: list[bytes], rate: float, seconds: float, seed: int = 1) -> dict[str, Any]:
@@ -215,13 +253,14 @@ def free_port() -> int:
     return port
 
 
-def start_server(port: int, extra: list[str]) -> subprocess.Popen[bytes]:
+def start_server(port: int, extra: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     import httpx
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "joules.cli.main", "serve", "spam", "--port", str(port), *extra],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env=None if env is None else os.environ | env,
     )
     end = time.monotonic() + 300
     while time.monotonic() < end:
@@ -271,6 +310,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    use_uvloop()
     texts = messages(args.requests)
     short = texts[: args.latency_requests]
     report: dict[str, Any] = {
@@ -282,7 +322,7 @@ def main() -> None:
     port = free_port()
     extra = ["--max-batch-size", str(args.max_batch_size), "--timeout-ms", "60000", *args.server_args.split()]
     proc = start_server(port, extra)
-    predictor = in_process_predictor(args.max_batch_size)
+    predictor = in_process_predictor(extra)
     rounds: list[dict[str, Any]] = []
     try:
         bodies = [raw_request(t) for t in texts]
@@ -291,9 +331,10 @@ def main() -> None:
         # The machine is shared and noisy: alternate in-process and server runs, compare per round.
         for r in range(args.rounds):
             row: dict[str, Any] = {}
-            row["inproc_b1"] = in_process_batch1(predictor, short)
             before = batch_stats(port)
-            row["server_c1"] = with_batches(port, before, asyncio.run(closed_loop(port, bodies[: len(short)], 1)))
+            pair = latency_pair(predictor, port, short, bodies[: len(short)])
+            row["inproc_b1"] = pair["inproc_b1"]
+            row["server_c1"] = with_batches(port, before, pair["server_c1"])
             row["inproc_windows64"] = in_process_windows(predictor, texts, planned=False)
             row["inproc_windows64_planned"] = in_process_windows(predictor, texts, planned=True)
             before = batch_stats(port)
