@@ -43,7 +43,8 @@ def free_port() -> int:
 
 def command(system: str, port: int, venvs: Path, work: Path) -> tuple[list[str], Path]:
     if system == "joules":
-        return [str(ROOT / ".venv/bin/joules"), "serve", "spam", "--port", str(port)], ROOT
+        spin = ["--spin-us", os.environ["SPAM_SPIN_US"]]
+        return [str(ROOT / ".venv/bin/joules"), "serve", "spam", "--port", str(port), *spin], ROOT
     if system == "litserve":
         return [str(venvs / "litserve/bin/python"), str(SERVERS / "litserve_app.py"), str(port)], SERVERS
     if system == "ray":
@@ -148,10 +149,17 @@ def main() -> None:
     p.add_argument("--rates", default="10,30")
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--p99-ms", type=float, default=50.0)
+    p.add_argument(
+        "--spin-us",
+        type=int,
+        default=100,
+        help="ONNX Runtime's spin before sleeping, for every system (joules serve's default: 100; 0: never)",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "bench/results/peers.jsonl")
     args = p.parse_args()
     os.environ.setdefault("PEER_MAX_BATCH", "32")
     os.environ.setdefault("PEER_WAIT_MS", "5")
+    os.environ["SPAM_SPIN_US"] = str(args.spin_us)
     home = Path(os.environ.get("JOULES_HOME", ROOT / ".joules"))
     mv = json.loads(
         subprocess.run(

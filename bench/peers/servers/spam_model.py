@@ -1,8 +1,9 @@
 """The spam model as every peer serves it: the same tokenizer.json, model.onnx and ONNX Runtime settings as joules.
 
-Session options match joules' RuntimeOptions defaults (src/joules/runtime/executor.py):
-graph optimization "all", intra-op threads 0 (one per physical core), inter-op 1,
-no spinning, memory pattern and CPU arena on. Texts are tokenized without padding and each batch is padded to
+Session options match `joules serve`'s (ServeConfig.runtime_options()): graph optimization
+"all", intra-op threads 0 (one per physical core), inter-op 1, pool threads spinning
+SPAM_SPIN_US microseconds (100, as `joules serve --spin-us`; 0: never) before they sleep,
+memory pattern and CPU arena on. Texts are tokenized without padding and each batch is padded to
 its longest row, truncated at the bundle's max_length (128), as joules' Predictor does. Only numpy, tokenizers
 and onnxruntime: nothing from joules is imported, so each peer's venv is independent.
 """
@@ -29,8 +30,11 @@ class SpamModel:
         so.intra_op_num_threads = int(os.environ.get("SPAM_THREADS", "0"))
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        spin_us = int(os.environ.get("SPAM_SPIN_US", "100"))
+        for pool in ("intra_op", "inter_op"):
+            so.add_session_config_entry(f"session.{pool}.allow_spinning", "1" if spin_us else "0")
+            if spin_us:
+                so.add_session_config_entry(f"session.{pool}.spin_duration_us", str(spin_us))
         self.session = ort.InferenceSession(str(bundle / "model.onnx"), so, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.tok = Tokenizer.from_file(str(bundle / "tokenizer.json"))
