@@ -95,15 +95,22 @@ def _batch1(p: Any, texts: list[str]) -> tuple[list[float], float]:
 def latency_pair(p: Any, port: int, texts: list[str], bodies: list[bytes], block: int = 100) -> dict[str, Any]:
     """In-process batch 1 and the server at concurrency 1 on the same messages, alternating in
     blocks of ``block`` messages, so that a slow spell of a shared machine hits both sides."""
-    sides: dict[str, tuple[list[float], float, int]] = {"inproc_b1": ([], 0.0, 0), "server_c1": ([], 0.0, 0)}
+    in_lat: list[float] = []
+    sv_lat: list[float] = []
+    in_s = sv_s = 0.0
+    errors = 0
     for i in range(0, len(texts), block):
         lat, seconds = _batch1(p, texts[i : i + block])
-        a = sides["inproc_b1"]
-        sides["inproc_b1"] = (a[0] + lat, a[1] + seconds, 0)
-        lat, seconds, errors = asyncio.run(_closed_loop(port, bodies[i : i + block], 1))
-        a = sides["server_c1"]
-        sides["server_c1"] = (a[0] + lat, a[1] + seconds, a[2] + errors)
-    return {k: summary(lat, seconds, errors, len(lat)) for k, (lat, seconds, errors) in sides.items()}
+        in_lat += lat
+        in_s += seconds
+        lat, seconds, failed = asyncio.run(_closed_loop(port, bodies[i : i + block], 1))
+        sv_lat += lat
+        sv_s += seconds
+        errors += failed
+    return {
+        "inproc_b1": summary(in_lat, in_s, 0, len(in_lat)),
+        "server_c1": summary(sv_lat, sv_s, errors, len(sv_lat)),
+    }
 
 
 def in_process_windows(p: Any, texts: list[str], *, planned: bool) -> dict[str, Any]:
