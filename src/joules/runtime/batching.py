@@ -266,11 +266,11 @@ class DynamicBatcher(Generic[T, R]):
 
     def _expire(self, pending: _Pending[T, R]) -> None:
         """The deadline timer: answer 'too late', and drop the request if its call has not started."""
-        if pending.future.done():
-            return
         queued = pending in self._queue
-        pending.abandoned = True
         self._forget(pending)
+        if pending.future.done():
+            return  # its caller already went away
+        pending.abandoned = True
         pending.future.set_exception(
             DeadlineExceededError(
                 f"model {self.name}: no answer within the request's deadline "
@@ -321,14 +321,14 @@ class DynamicBatcher(Generic[T, R]):
         now = time.monotonic()
         while self._queue:
             p = self._queue[0]
+            if p.deadline is not None and now >= p.deadline:
+                self._expire(p)  # its timer has not fired yet: answer it the same way (and dequeue it)
+                continue
             if batch and rows + p.rows > self.config.window:
                 break
             self._queue.popleft()
             self._queued_rows -= p.rows
             if p.future.done():  # cancelled by its caller
-                continue
-            if p.deadline is not None and now >= p.deadline:
-                p.future.set_exception(DeadlineExceededError(f"model {self.name}: deadline passed while queued"))
                 continue
             p.waited = now - p.enqueued
             batch.append(p)

@@ -37,8 +37,9 @@ class RuntimeOptions:
     providers: tuple[str, ...] | None = None  # None: the best available (TensorRT, CUDA, then CPU)
     intra_op_threads: int = 0  # 0: ONNX Runtime's default, one per physical core
     inter_op_threads: int = 1
-    # Spinning pool threads burn CPU waiting for work; on a 2-core machine they starve the
-    # HTTP loop, so spinning is off unless asked for.
+    # Spinning pool threads burn CPU waiting for work; on a 2-core machine ONNX Runtime's long
+    # default spin starves the HTTP loop, so spinning is off unless asked for (the server asks
+    # for a bounded spin: spin_duration_us).
     allow_spinning: bool = False
     # With spinning on: how long an idle pool thread spins before it sleeps (ONNX Runtime's
     # session.intra_op.spin_duration_us). None: ONNX Runtime's own default (long).
