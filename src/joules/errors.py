@@ -56,6 +56,89 @@ class MissingExtraError(JoulesError):
     """An optional dependency is needed; the message names the extra to install."""
 
 
+# -- runtime: dynamic batching ---------------------------------------------------------------------
+
+
+class QueueFullError(JoulesError):
+    """The request queue is full: the server is overloaded; retry later."""
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceededError(JoulesError):
+    """A request was not answered before its deadline."""
+
+
+class BatcherClosedError(JoulesError):
+    """The batcher no longer takes requests (its model is being unloaded or the server stops)."""
+
+
+class EngineUnavailableError(JoulesError):
+    """A model engine can no longer run (a tensor-parallel rank died); requests fail fast until it is back."""
+
+
+# -- the HTTP edge ---------------------------------------------------------------------------------
+
+
+class UnauthorizedError(JoulesError):
+    """No API key, or a wrong one."""
+
+
+class PayloadTooLargeError(JoulesError):
+    """The request body is over the limit."""
+
+
+class UnsupportedMediaError(JoulesError):
+    """A Content-Encoding the server cannot decode."""
+
+
+class ModelNotReadyError(JoulesError):
+    """The model is known but not loaded (loading, unloaded, or its load failed)."""
+
+
+class ClientClosedError(JoulesError):
+    """The client went away before its answer was ready (logged as 499, never sent)."""
+
+
+# -- streaming -------------------------------------------------------------------------------------
+
+
+class StreamError(JoulesError):
+    """A stream cannot be consumed or written as configured (wrong key type, refused command...)."""
+
+
+class BrokerUnavailableError(StreamError):
+    """The broker cannot be reached right now; the consumer retries instead of stopping."""
+
+
+# -- optimize --------------------------------------------------------------------------------------
+
+
+class OptimizeError(JoulesError):
+    """An optimization pass or run could not be done."""
+
+
+class PassSkipped(OptimizeError):
+    """A pass does not apply to this model (or cannot run here); the message says why."""
+
+
+# -- bench -----------------------------------------------------------------------------------------
+
+
+class BenchError(JoulesError):
+    """A benchmark could not be run or its target failed (the message says which and how to fix it)."""
+
+
+class HttpError(BenchError):
+    """A load generator request failed: transport error or non-2xx status (the message says which)."""
+
+
+class QueryError(BenchError):
+    """One benchmark query failed (the message says why)."""
+
+
 def require(module: str, extra: str) -> None:
     """Raise MissingExtraError unless ``module`` can be imported."""
     import importlib.util

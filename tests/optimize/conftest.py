@@ -38,7 +38,7 @@ def tiny_bundle(tiny_bundle_dir: Path) -> Bundle:
 @pytest.fixture()
 def numeric_bundle(tmp_path: Path) -> Bundle:
     """A linear classifier over 4 float features: not a text model, not a transformer."""
-    from joules.bundle.importers import prepare_import
+    from joules.imports import prepare_import
 
     numeric_onnx(tmp_path / "linear.onnx", features=16, classes=3)
     (tmp_path / "spec.yaml").write_text(

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from joules.bundle import Bundle, SplitDataset
-from joules.metrics import f1_score
-from joules.optimize.errors import PassSkipped
+from joules.errors import PassSkipped
 from joules.optimize.passes import DistillNgram, DistillTransformer, PassContext
 from joules.optimize.passes.distill import student_layers
 from joules.optimize.passes.ngram import ngram_rows
+from joules.quality import f1_score
 from joules.runtime import Predictor
 from tests.optimize.conftest import small
 

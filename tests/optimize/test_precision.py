@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 
 from joules.bundle import Bundle
-from joules.optimize.errors import PassSkipped
+from joules.errors import PassSkipped
 from joules.optimize.passes import Bf16, Fp16, PassContext, graph
 from joules.optimize.passes.precision import GPU_PROVIDERS, _convert_bf16, probe_half_matmul
 

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from joules.bundle import Bundle
-from joules.errors import ConfigError
-from joules.optimize.errors import PassSkipped
+from joules.errors import ConfigError, PassSkipped
 from joules.optimize.passes import Fuse, PassContext, Prune, graph
 from joules.optimize.passes.trainable import load_trainable
 from joules.runtime import Predictor

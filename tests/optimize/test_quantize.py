@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from joules.bundle import Bundle
-from joules.errors import ConfigError
-from joules.optimize.errors import PassSkipped
+from joules.errors import ConfigError, PassSkipped
 from joules.optimize.passes import DynamicInt8, Fuse, PassContext, StaticInt8, graph
 from joules.optimize.passes.quantize import quantizable_nodes
 from joules.optimize.passes.sensitivity import rank_sensitive_nodes

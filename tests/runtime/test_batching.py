@@ -13,16 +13,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from joules.errors import ConfigError
-from joules.runtime.batching import (
-    Batch,
-    BatcherClosedError,
-    BatchingConfig,
-    DeadlineExceededError,
-    DynamicBatcher,
-    QueueFullError,
-    plan_runs,
-)
+from joules.errors import BatcherClosedError, ConfigError, DeadlineExceededError, QueueFullError
+from joules.runtime.batching import Batch, BatchingConfig, DynamicBatcher, plan_runs
 
 
 class Recorder:

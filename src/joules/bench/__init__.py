@@ -1,7 +1,8 @@
 """Load generation in MLPerf Inference scenarios, and what a prediction costs."""
 
-from joules.bench.config import BenchConfig, BenchError, LoadPlan, Scenario, load_plan
-from joules.bench.runner import Bench, BenchReport, RunResult, run_bench
+from joules.bench.config import BenchConfig, LoadPlan, Scenario, load_plan
+from joules.bench.driver import Bench, BenchReport, RunResult, run_bench
+from joules.errors import BenchError
 
 __all__ = [
     "Bench",

@@ -13,11 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-from joules.errors import ConfigError, JoulesError
-
-
-class BenchError(JoulesError):
-    """A benchmark could not be run or its target failed (the message says which and how to fix it)."""
+from joules.errors import ConfigError
 
 
 class Scenario(StrEnum):

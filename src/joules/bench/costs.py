@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from joules.bench.config import BenchError
+from joules.errors import BenchError
 from joules.meter import ZERO, Cost, CostModel, Measurement, projection, savings
 from joules.registry import Registry
 from joules.settings import Settings

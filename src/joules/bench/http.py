@@ -12,11 +12,7 @@ import asyncio
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from joules.errors import ConfigError
-
-
-class HttpError(Exception):
-    """A request failed: transport error or non-2xx status (message says which)."""
+from joules.errors import ConfigError, HttpError
 
 
 @dataclass(frozen=True)

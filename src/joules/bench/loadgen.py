@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-from joules.bench.http import ConnectionPool, HttpError, build_request
+from joules.bench.http import ConnectionPool, build_request
+from joules.errors import HttpError, QueryError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,10 +70,6 @@ class Records:
 
 
 Issue = Callable[[int], Awaitable[None]]
-
-
-class QueryError(Exception):
-    pass
 
 
 # -- transports --------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from joules.bench.runner import BenchReport
+    from joules.bench.driver import BenchReport
 
 
 def write_plots(report: BenchReport, directory: Path) -> list[Path]:

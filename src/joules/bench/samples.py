@@ -6,8 +6,8 @@ import csv
 import json
 from pathlib import Path
 
-from joules.bench.config import BenchError
 from joules.bundle.dataset import DATASET_FILE, SplitDataset
+from joules.errors import BenchError
 
 
 def read_texts(path: Path, field: str = "text") -> list[str]:

@@ -53,8 +53,8 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
-    from joules.bench.config import BenchError
     from joules.bench.costs import choose_versions, cost_report, measure_costs, sample_texts
+    from joules.errors import BenchError
     from joules.registry import Registry
     from joules.settings import load_settings
 

@@ -141,7 +141,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from joules.bundle.importers import import_model
+    from joules.imports import import_model
     from joules.registry import validate_name
 
     validate_name(args.name)  # before anything is read or written

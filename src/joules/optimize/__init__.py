@@ -1,7 +1,7 @@
 """Optimization: passes (fuse, quantize, prune, distill) -> variants -> interleaved
 measurement -> selection under an accuracy budget -> registration -> report."""
 
-from joules.optimize.errors import OptimizeError, PassSkipped
+from joules.errors import OptimizeError, PassSkipped
 from joules.optimize.presets import ALL_PASSES, PRESETS, Measure, Preset
 from joules.optimize.run import OptimizeConfig, RunState, optimize
 from joules.optimize.select import Objective, Score, Selection, select

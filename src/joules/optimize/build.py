@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from joules.bundle import Bundle
-from joules.optimize.errors import PassSkipped
+from joules.errors import PassSkipped
 from joules.optimize.passes.base import PassContext, describe
 from joules.optimize.plan import TRAINING_PASSES, Recipe
 

@@ -26,8 +26,8 @@ import numpy as np
 
 from joules.bundle import Bundle, SplitDataset
 from joules.meter import EnergyMeter, Measurement
-from joules.metrics import classification_metrics, mcnemar
 from joules.optimize.presets import Measure
+from joules.quality import classification_metrics, mcnemar
 
 
 class Engine(Protocol):

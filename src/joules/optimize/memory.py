@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from joules.optimize.errors import OptimizeError
+from joules.errors import OptimizeError
 
 PROBE_TIMEOUT_S = 300
 

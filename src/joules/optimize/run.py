@@ -16,10 +16,9 @@ from typing import Any
 import numpy as np
 
 from joules.bundle import Bundle, Split, SplitDataset
-from joules.errors import ConfigError, JoulesError
+from joules.errors import ConfigError, JoulesError, OptimizeError, PassSkipped
 from joules.meter import EnergyMeter
 from joules.optimize.build import Builder, Built
-from joules.optimize.errors import OptimizeError, PassSkipped
 from joules.optimize.evaluate import Candidate, OnnxEngine, TorchEngine, measure_memory, measure_quality, measure_speed
 from joules.optimize.passes import graph
 from joules.optimize.passes.base import PassContext

@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from joules.errors import ConfigError, JoulesError
+from joules.errors import BatcherClosedError, ConfigError, DeadlineExceededError, QueueFullError
 from joules.runtime.planning import CALL_OVERHEAD_TOKENS, plan_runs  # noqa: F401  (re-exported for the server)
 
 log = logging.getLogger(__name__)
@@ -42,22 +42,6 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 MAX_RETRY_AFTER_S = 60
-
-
-class QueueFullError(JoulesError):
-    """The request queue is full: the server is overloaded; retry later."""
-
-    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class DeadlineExceededError(JoulesError):
-    """A request was not answered before its deadline."""
-
-
-class BatcherClosedError(JoulesError):
-    """The batcher no longer takes requests (its model is being unloaded or the server stops)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from joules.bundle import Split
-from joules.metrics import classification_metrics
+from joules.quality import classification_metrics
 from joules.runtime.predictor import Predictor
 
 

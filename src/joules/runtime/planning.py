@@ -12,7 +12,7 @@ from joules.errors import ConfigError
 
 # Cost of one model call in token-rows (the work of one row of one token), measured on
 # the fp32 MiniLM spam model on an idle 2-vCPU machine: a call costs about 3.3 ms plus
-# 0.1 ms per token-row (bench/online/call_cost.py, docs/benchmarks.md), so a call is worth
+# 0.1 ms per token-row (benchmarks/online/call_cost.py, docs/benchmarks.md), so a call is worth
 # about 33 token-rows of padding.
 CALL_OVERHEAD_TOKENS = 33.0
 

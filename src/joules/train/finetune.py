@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from joules.errors import ConfigError
-from joules.metrics import f1_score
+from joules.quality import f1_score
 from joules.runtime.preprocess import TextPreprocessor
 
 

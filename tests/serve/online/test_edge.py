@@ -108,8 +108,8 @@ def _request(receive: _Receive) -> Any:
 def test_a_disconnect_cancels_the_awaited_work_and_is_reported() -> None:
     import asyncio
 
+    from joules.errors import ClientClosedError
     from joules.serve.online.edge import unless_disconnected
-    from joules.serve.online.errors import ClientClosedError
 
     async def scenario() -> tuple[bool, str]:
         receive = _Receive()

@@ -13,7 +13,7 @@ import pytest
 from joules.runtime import load_predictor
 from joules.serve.stream import StreamConfig, StreamConsumer, plan_endpoints
 from joules.serve.stream.dedupe import Append, AppendOnce
-from joules.serve.stream.runner import open_endpoints
+from joules.serve.stream.service import open_endpoints
 from tests.helpers import run_joules
 from tests.serve.stream.conftest import RedisServer, wait_until
 from tests.serve.stream.helpers import entries, pending, start_consumer, stop, summary_of, texts

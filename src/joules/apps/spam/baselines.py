@@ -19,7 +19,7 @@ import numpy as np
 
 from joules.apps.spam.dataset import LABELS, load_messages, split_messages
 from joules.errors import require
-from joules.metrics import classification_metrics
+from joules.quality import classification_metrics
 
 C_GRID = [0.01, 0.1, 1, 10, 100, 1000, 10_000, 100_000]
 

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from joules.bundle import DATASET_FILE, Bundle, SplitDataset
 from joules.bundle.graph import graph_inputs
-from joules.optimize.errors import PassSkipped
+from joules.errors import PassSkipped
 
 
 @dataclass

@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from joules.bundle import Bundle
-from joules.errors import ConfigError
-from joules.optimize.errors import PassSkipped
+from joules.errors import ConfigError, PassSkipped
 from joules.optimize.passes.base import PassContext, PassResult
 from joules.optimize.passes.trainable import (
     PRUNED_KEY,

@@ -17,8 +17,7 @@ from typing import ClassVar
 import numpy as np
 
 from joules.bundle import Bundle
-from joules.errors import ConfigError
-from joules.optimize.errors import OptimizeError
+from joules.errors import ConfigError, OptimizeError
 from joules.optimize.passes import graph
 from joules.optimize.passes.base import PassContext, PassResult, derive_bundle
 from joules.optimize.passes.quiet import quiet_onnxruntime_tools

@@ -23,11 +23,10 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 
 from joules.bundle import Activation, Bundle, Postprocess
-from joules.errors import ConfigError
-from joules.metrics import f1_score
-from joules.optimize.errors import PassSkipped
+from joules.errors import ConfigError, PassSkipped
 from joules.optimize.passes.base import PassContext, PassResult, derive_bundle
 from joules.optimize.passes.trainable import distillation_loss, label_index, require_torch, teacher_probabilities
+from joules.quality import f1_score
 
 MAX_N = 4  # V**4 for V ~ 30k still fits int64, so the hash needs no wider arithmetic
 

@@ -17,8 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from joules.bundle import Bundle
-from joules.errors import ConfigError
-from joules.optimize.errors import PassSkipped
+from joules.errors import ConfigError, PassSkipped
 from joules.optimize.passes import graph
 from joules.optimize.passes.base import PassContext, PassResult, derive_bundle
 

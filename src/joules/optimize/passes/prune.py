@@ -24,8 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from joules.bundle import Bundle
-from joules.errors import ConfigError
-from joules.optimize.errors import OptimizeError, PassSkipped
+from joules.errors import ConfigError, OptimizeError, PassSkipped
 from joules.optimize.passes.base import PassContext, PassResult
 from joules.optimize.passes.trainable import (
     PRUNED_KEY,

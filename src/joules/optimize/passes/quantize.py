@@ -18,8 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from joules.bundle import Bundle
-from joules.errors import ConfigError
-from joules.optimize.errors import PassSkipped
+from joules.errors import ConfigError, PassSkipped
 from joules.optimize.passes import graph
 from joules.optimize.passes.base import PassContext, PassResult, derive_bundle
 from joules.optimize.passes.quiet import quiet_onnxruntime_tools

@@ -16,8 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from joules.bundle import Bundle
-from joules.errors import MissingExtraError, require
-from joules.optimize.errors import PassSkipped
+from joules.errors import MissingExtraError, PassSkipped, require
 from joules.optimize.passes.base import PassContext
 
 PROBE_STEPS = 4  # training steps timed to plan the epochs that fit the time budget

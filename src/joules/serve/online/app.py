@@ -26,17 +26,17 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from joules import __version__
+from joules.errors import BatcherClosedError
 from joules.meter import CostModel
 from joules.registry import Registry
-from joules.runtime.batching import BatcherClosedError
 from joules.serve.online import protocol_v1, protocol_v2
 from joules.serve.online.config import ServeConfig
 from joules.serve.online.edge import EdgeMiddleware, read_body, unless_disconnected
 from joules.serve.online.errors import error_response, status_of
+from joules.serve.online.handler import Job, Outcome
 from joules.serve.online.metrics import CONTENT_TYPE, ServerMetrics
 from joules.serve.online.openapi import DOCS_HTML, openapi_document
 from joules.serve.online.repository import ModelRepository, ServedModel
-from joules.serve.online.runner import Job, Outcome
 from joules.serve.online.schemas import RepositoryIndexRequest, RepositoryLoadRequest, parse
 
 log = logging.getLogger(__name__)

@@ -18,13 +18,8 @@ from typing import TypeVar
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from joules.serve.online.errors import (
-    ClientClosedError,
-    PayloadTooLargeError,
-    UnauthorizedError,
-    UnsupportedMediaError,
-    error_response,
-)
+from joules.errors import ClientClosedError, PayloadTooLargeError, UnauthorizedError, UnsupportedMediaError
+from joules.serve.online.errors import error_response
 
 T = TypeVar("T")
 # Probes must work without the key (a load balancer or kubelet holds none).

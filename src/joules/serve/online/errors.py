@@ -16,38 +16,26 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from joules.errors import (
+    BatcherClosedError,
     BundleError,
+    ClientClosedError,
     ConfigError,
+    DeadlineExceededError,
+    EngineUnavailableError,
     InputError,
     IntegrityError,
     InvalidNameError,
     JoulesError,
     ModelNotFoundError,
+    ModelNotReadyError,
+    PayloadTooLargeError,
+    QueueFullError,
     RuleError,
+    UnauthorizedError,
+    UnsupportedMediaError,
 )
-from joules.runtime.batching import BatcherClosedError, DeadlineExceededError, QueueFullError
 
 log = logging.getLogger(__name__)
-
-
-class UnauthorizedError(JoulesError):
-    """No API key, or a wrong one."""
-
-
-class PayloadTooLargeError(JoulesError):
-    """The request body is over the limit."""
-
-
-class UnsupportedMediaError(JoulesError):
-    """A Content-Encoding the server cannot decode."""
-
-
-class ModelNotReadyError(JoulesError):
-    """The model is known but not loaded (loading, unloaded, or its load failed)."""
-
-
-class ClientClosedError(JoulesError):
-    """The client went away before its answer was ready (logged as 499, never sent)."""
 
 
 STATUS: dict[type[BaseException], int] = {
@@ -63,6 +51,7 @@ STATUS: dict[type[BaseException], int] = {
     QueueFullError: 503,
     BatcherClosedError: 503,
     ModelNotReadyError: 503,
+    EngineUnavailableError: 503,
     DeadlineExceededError: 504,
     # A model that cannot be loaded or configured is the operator's problem, not the client's.
     BundleError: 500,

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from joules.errors import InputError
-from joules.serve.online.runner import Job, Outcome
+from joules.serve.online.handler import Job, Outcome
 from joules.serve.online.schemas import PredictRequest, parse
 from joules.serve.online.signature import Signature
 

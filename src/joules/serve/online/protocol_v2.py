@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from joules.errors import InputError
-from joules.serve.online.runner import Job, Outcome
+from joules.serve.online.handler import Job, Outcome
 from joules.serve.online.schemas import InferenceRequest, RequestInput, parse
 from joules.serve.online.signature import OUTPUTS, V2_NUMPY, Signature, TensorInfo
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from joules.decide import RuleSet
-from joules.errors import JoulesError, ModelNotFoundError
+from joules.errors import JoulesError, ModelNotFoundError, ModelNotReadyError
 from joules.meter import Cost, CostModel, EnergyMeter
 from joules.registry import Registry, validate_name
 from joules.registry.names import parse_version
@@ -28,9 +28,8 @@ from joules.runtime import Predictor
 from joules.runtime.batching import DynamicBatcher
 from joules.serve.online.cache import ResponseCache, Row
 from joules.serve.online.config import ServeConfig
-from joules.serve.online.errors import ModelNotReadyError
+from joules.serve.online.handler import Job, ModelRunner, Outcome
 from joules.serve.online.metrics import ModelState, ServerMetrics
-from joules.serve.online.runner import Job, ModelRunner, Outcome
 from joules.serve.online.signature import Signature
 
 log = logging.getLogger(__name__)

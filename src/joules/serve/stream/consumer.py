@@ -27,12 +27,11 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TypeVar
 
-from joules.errors import InputError
+from joules.errors import BrokerUnavailableError, InputError
 from joules.meter import ZERO, Measurement
 from joules.runtime import Predictor
 from joules.serve.stream.base import Sink, Source
 from joules.serve.stream.config import StreamConfig
-from joules.serve.stream.errors import BrokerUnavailableError
 from joules.serve.stream.messages import DeadLetter, Message, Outcome, Verdict
 from joules.serve.stream.metrics import StreamMetrics
 

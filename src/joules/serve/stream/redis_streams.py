@@ -22,10 +22,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from joules.errors import require
+from joules.errors import BrokerUnavailableError, StreamError, require
 from joules.serve.stream.base import Backlog
 from joules.serve.stream.config import RedisEndpoint, StreamConfig
-from joules.serve.stream.errors import BrokerUnavailableError, StreamError
 from joules.serve.stream.messages import Message, check_text, stream_id_ms
 
 log = logging.getLogger("joules.stream")

@@ -1,6 +1,6 @@
 """Online serving benchmark: the in-process Predictor beside `joules serve`, on SMS messages.
 
-    JOULES_HOME=/tmp/jh .venv/bin/python bench/online/load.py [--requests 2000] [--out FILE]
+    JOULES_HOME=/tmp/jh .venv/bin/python benchmarks/online/load.py [--requests 2000] [--out FILE]
 
 1. In process (no server): the Predictor with the server's runtime options, at batch 1
    (latency per message) and on windows of 64 messages sorted by length (the best

@@ -10,7 +10,7 @@ import pytest
 from joules.bundle import Bundle
 from joules.meter import Cost, CostModel, Measurement
 from joules.runtime import Predictor, RuntimeOptions
-from joules.serve.online.runner import Job, ModelRunner
+from joules.serve.online.handler import Job, ModelRunner
 from tests.serve.online.conftest import sms
 
 

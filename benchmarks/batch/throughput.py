@@ -6,7 +6,7 @@ variant is ``rows[/tokens][:unsorted]``: at most ``rows`` rows and ``tokens``
 padded tokens per model call; ``unsorted`` cuts the messages in file order
 instead of planning calls over length-sorted rows.
 
-    JOULES_HOME=... .venv/bin/python bench/batch/throughput.py --model spam --rounds 3 \\
+    JOULES_HOME=... .venv/bin/python benchmarks/batch/throughput.py --model spam --rounds 3 \\
         --variants 1,8,32,64,32/1024,64/1024,64/2048,32:unsorted
 """
 

@@ -1,6 +1,6 @@
 """Server variants side by side: several `joules serve` processes, closed loops interleaved.
 
-    JOULES_HOME=/tmp/jh .venv/bin/python bench/online/compare.py \\
+    JOULES_HOME=/tmp/jh .venv/bin/python benchmarks/online/compare.py \\
         --variant "default=" --variant "spin100=--spin-us 100" [--rounds 3] [--out FILE]
 
 Each variant is ``NAME=FLAGS``: extra `joules serve` flags, and ``VAR=VALUE`` words set

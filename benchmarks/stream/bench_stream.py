@@ -14,7 +14,7 @@ Starts a private redis-server, then for each setting:
 Every run goes through the CLI as a user would run it. Figures are medians over
 ``--repeats`` runs. The model home is copied first; nothing is written into it.
 
-    .venv/bin/python bench/stream/bench_stream.py --home /work/ref-home
+    .venv/bin/python benchmarks/stream/bench_stream.py --home /work/ref-home
 """
 
 from __future__ import annotations

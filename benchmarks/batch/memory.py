@@ -5,7 +5,7 @@ joined, so rows are long and the file grows fast), runs `joules batch` on it
 for a while and samples the process's resident memory. Flat RSS across the
 run is the claim; the script prints RSS at each sample and the spread.
 
-    JOULES_HOME=... .venv/bin/python bench/batch/memory.py --model spam --size-mb 1024 --seconds 120
+    JOULES_HOME=... .venv/bin/python benchmarks/batch/memory.py --model spam --size-mb 1024 --seconds 120
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One virtual environment per peer, outside the repository (default /tmp/peers), each with the same
-# onnxruntime, tokenizers and numpy as joules' .venv. Usage: bench/peers/install.sh [DIR] [PEER...]
+# onnxruntime, tokenizers and numpy as joules' .venv. Usage: benchmarks/peers/install.sh [DIR] [PEER...]
 set -eu
 DIR=${1:-/tmp/peers}; shift || true
 PEERS=${*:-litserve mlserver bentoml ray}

@@ -22,6 +22,7 @@ from joules.bundle.graph import graph_inputs
 from joules.bundle.safety import check_safe, scan_directory
 from joules.bundle.spec import DEFAULT_MAX_LENGTH, SPEC_FILE, BundleSpec
 from joules.errors import BundleError
+from joules.registry import ModelVersion, Registry, Stage, validate_name
 
 
 def _now() -> str:
@@ -140,16 +141,14 @@ def _from_huggingface(source: Path, workdir: Path, *, rules: dict[str, Any] | No
 def import_model(
     source: str | Path,
     name: str,
-    registry: Any,
+    registry: Registry,
     *,
     spec_file: str | Path | None = None,
     rules: dict[str, Any] | None = None,
     promote: bool = False,
     max_length: int | None = None,
-) -> Any:
+) -> ModelVersion:
     """Import ``source`` and register it as the next version of ``name``; returns the ModelVersion."""
-    from joules.registry import Stage, validate_name
-
     validate_name(name)
     with tempfile.TemporaryDirectory(prefix="joules-import-") as tmp:
         bundle = prepare_import(

@@ -6,7 +6,7 @@ same as joules' defaults where a peer has both knobs. Every system gets the same
 ONNX Runtime session options and threads (servers/spam_model.py). Systems are interleaved round by
 round, and each round starts each server afresh; figures are medians over rounds.
 
-    .venv/bin/python bench/peers/run.py --venvs /tmp/peers --rounds 3 --systems joules,litserve,mlserver
+    .venv/bin/python benchmarks/peers/run.py --venvs /tmp/peers --rounds 3 --systems joules,litserve,mlserver
 
 This is a benchmark, not a test: it takes minutes per system and round.
 """
@@ -155,7 +155,7 @@ def main() -> None:
         default=100,
         help="ONNX Runtime's spin before sleeping, for every system (joules serve's default: 100; 0: never)",
     )
-    p.add_argument("--out", type=Path, default=ROOT / "bench/results/peers.jsonl")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/peers.jsonl")
     args = p.parse_args()
     os.environ.setdefault("PEER_MAX_BATCH", "32")
     os.environ.setdefault("PEER_WAIT_MS", "5")

@@ -9,7 +9,7 @@ by least squares on relative error (large shapes would otherwise decide the
 fit alone, and attention makes them a little superlinear: see
 ``per_token_row_us``).
 
-    JOULES_HOME=... .venv/bin/python bench/online/call_cost.py --model spam --rounds 5
+    JOULES_HOME=... .venv/bin/python benchmarks/online/call_cost.py --model spam --rounds 5
 """
 
 from __future__ import annotations

@@ -13,10 +13,11 @@ from typing import Any
 import numpy as np
 
 from joules.bench import loadgen
-from joules.bench.config import BenchConfig, BenchError, load_plan
+from joules.bench.config import BenchConfig, load_plan
 from joules.bench.http import build_request, parse_url
 from joules.bench.search import SearchResult, Verdict, find_max_qps, judge
 from joules.bench.stats import latency_summary_ms, poisson_schedule, sample_order
+from joules.errors import BenchError
 from joules.meter import CostModel
 from joules.registry.names import parse_ref
 from joules.settings import Settings, load_settings
