@@ -107,3 +107,19 @@ def free_port() -> Iterator[int]:
     port = s.getsockname()[1]
     s.close()
     yield port
+
+
+@pytest.fixture(scope="session")
+def tiny_llm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Hugging Face causal LM directory: a tiny random Llama with a byte-level BPE tokenizer (tests/llm.py)."""
+    from tests.llm import make_tiny_llama_dir
+
+    return make_tiny_llama_dir(tmp_path_factory.mktemp("tiny-llm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llm_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_llm_dir: Path) -> Path:
+    """The text-generation bundle imported from ``tiny_llm_dir`` (read-only: copy before changing)."""
+    from joules.imports.causal_lm import import_causal_lm_dir
+
+    return import_causal_lm_dir(tiny_llm_dir, tmp_path_factory.mktemp("tiny-llm-import")).path

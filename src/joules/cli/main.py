@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "joules.cli.train",
     "joules.cli.models",
     "joules.cli.predict",
+    "joules.cli.generate",
     "joules.cli.optimize",
     "joules.cli.serve",
     "joules.cli.stream",

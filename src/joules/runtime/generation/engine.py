@@ -210,6 +210,14 @@ class Engine:
             seen=set(ids),
         )
 
+    def start(self, request: GenerationRequest, sink: Callable[[GenerationDelta], None]) -> None:
+        """Queue ``request``; ``sink(delta)`` is called from the engine's thread, in order, until the last delta.
+
+        The low-level form of ``submit`` and ``stream``: ``sink`` must be quick and must not raise.
+        Raises InputError (a bad request), QueueFullError (retry later) or EngineUnavailableError at once.
+        """
+        self._enqueue(request, sink)
+
     def _enqueue(self, request: GenerationRequest, sink: Callable[[GenerationDelta], None]) -> Seq:
         seq = self._sequence(request, sink)  # tokenizing happens in the caller's thread
         with self._cond:
@@ -239,27 +247,20 @@ class Engine:
         q: asyncio.Queue[GenerationDelta] = asyncio.Queue()
 
         def sink(d: GenerationDelta) -> None:
-            loop.call_soon_threadsafe(q.put_nowait, d)
+            try:
+                loop.call_soon_threadsafe(q.put_nowait, d)
+            except RuntimeError:  # the caller's loop is closed: nobody is listening any more
+                if not d.finished:
+                    self.abort(request.id)
 
         self._enqueue(request, sink)
         return GenerationStream(self, request.id, q)
 
-    def stream(self, request: GenerationRequest) -> Iterator[GenerationDelta]:
-        """Queue ``request`` and yield its deltas as they come (blocking); closing the iterator aborts it."""
+    def stream(self, request: GenerationRequest) -> DeltaIterator:
+        """Queue ``request`` and yield its deltas as they come (blocking); ``close()`` before the end aborts it."""
         q: queue.SimpleQueue[GenerationDelta] = queue.SimpleQueue()
         self._enqueue(request, q.put)
-        return self._iterate(request.id, q)
-
-    def _iterate(self, request_id: str, q: queue.SimpleQueue[GenerationDelta]) -> Iterator[GenerationDelta]:
-        done = False
-        try:
-            while not done:
-                d = q.get()
-                done = d.finished
-                yield d
-        finally:
-            if not done:
-                self.abort(request_id)
+        return DeltaIterator(self, request.id, q)
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
         return GenerationResult.gather(list(self.stream(request)))
@@ -356,6 +357,7 @@ class Engine:
                     break
                 new, self._inbox.new = self._inbox.new, []
                 aborts, self._inbox.aborts = self._inbox.aborts, set()
+                self._counters.waiting += len(new)  # still counted against the queue's bound
             for s in new:
                 sched.waiting.append(s)
             if aborts:
@@ -410,7 +412,15 @@ class Engine:
             if finish is not None:
                 self._finish(seq, finish, delta=delta)
             elif delta is not None:
-                seq.sink(delta)
+                self._deliver(seq, delta)
+
+    def _deliver(self, s: Seq, delta: GenerationDelta) -> None:
+        try:
+            s.sink(delta)
+        except Exception:  # a caller's sink failed: that request is dropped, the others go on
+            log.exception("delivering request %s's output failed; aborting it", s.id)
+            if not delta.finished:
+                self.abort(s.id)
 
     def _charge(self, plan: list[Scheduled], m: Measurement) -> None:
         if m.is_zero:
@@ -483,7 +493,8 @@ class Engine:
         cost = self.cost_model.price(s.measurement) if self.cost_model is not None else None
         tail = s.text.flush() if reason in (STOP, LENGTH) else ""
         base = delta or GenerationDelta(request_id=s.id)
-        s.sink(
+        self._deliver(
+            s,
             GenerationDelta(
                 request_id=s.id,
                 text=base.text + tail,
@@ -498,8 +509,43 @@ class Engine:
                 cost=cost,
                 error=error,
                 stop_reason=base.stop_reason,
-            )
+            ),
         )
+
+
+class DeltaIterator(Iterator[GenerationDelta]):
+    """The deltas of one request, blocking; ``close()`` (or dropping it) before the last one aborts it."""
+
+    def __init__(self, engine: Engine, request_id: str, q: queue.SimpleQueue[GenerationDelta]) -> None:
+        self.engine = engine
+        self.request_id = request_id
+        self._queue = q
+        self._done = False
+
+    def __iter__(self) -> DeltaIterator:
+        return self
+
+    def __next__(self) -> GenerationDelta:
+        if self._done:
+            raise StopIteration
+        d = self._queue.get()
+        if d.finished:
+            self._done = True
+        return d
+
+    def close(self) -> None:
+        if not self._done:
+            self._done = True
+            self.engine.abort(self.request_id)
+
+    def __enter__(self) -> DeltaIterator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
 
 
 class GenerationStream(AsyncIterator[GenerationDelta]):
