@@ -303,16 +303,18 @@ def check_parity(model: Any, onnx_path: Path, spec: GenerationSpec, tokenizer: A
             gap("prefill", got, torch_logits(ids))
         # A batch of single-token decodes over sequences with different past lengths.
         seqs = [list(p) for p in prompts]
+        last = [torch_logits(s)[-1] for s in seqs]
         for _ in range(4):
-            nxt = [int(np.argmax(torch_logits(s)[-1])) for s in seqs]
+            nxt = [int(np.argmax(x)) for x in last]
             steps = [
                 StepSequence(slot=b, start=len(s), tokens=np.array([t]))
                 for b, (s, t) in enumerate(zip(seqs, nxt, strict=True))
             ]
             got_rows = decoder.step(steps)
-            for s, t, got in zip(seqs, nxt, got_rows, strict=True):
+            for b, (s, t, got) in enumerate(zip(seqs, nxt, got_rows, strict=True)):
                 s.append(t)
-                gap("batched_decode", got, torch_logits(s)[-1])
+                last[b] = torch_logits(s)[-1]
+                gap("batched_decode", got, last[b])
         # A prompt in two chunks (chunked prefill) in the spare slot.
         ids = prompts[1]
         cut = len(ids) // 2
@@ -356,14 +358,19 @@ def check_parity(model: Any, onnx_path: Path, spec: GenerationSpec, tokenizer: A
 
 
 def _torch_greedy(model: Any, ids: list[int], n: int) -> list[int]:
-    """PyTorch's greedy continuation, each token from a whole forward pass (no cache to get wrong)."""
+    """transformers' own greedy decoding (its KV cache), exactly ``n`` tokens."""
     import torch
 
-    out = list(ids)
     with torch.no_grad():
-        for _ in range(n):
-            out.append(int(torch.argmax(model(torch.tensor([out], dtype=torch.long)).logits[0, -1])))
-    return out[len(ids) :]
+        out = model.generate(
+            torch.tensor([ids], dtype=torch.long),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            pad_token_id=model.config.eos_token_id if isinstance(model.config.eos_token_id, int) else 0,
+        )
+    return [int(t) for t in out[0, len(ids) :]]
 
 
 # -- GGUF -------------------------------------------------------------------------------------------

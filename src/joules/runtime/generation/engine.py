@@ -60,7 +60,7 @@ from joules.runtime.generation.text import TextStream
 
 log = logging.getLogger(__name__)
 
-_DONE = object()
+_NO_IDS = np.zeros(0, dtype=np.int64)
 
 
 class EngineObserver(Protocol):
@@ -441,7 +441,8 @@ class Engine:
         params = s.params
         if not np.isfinite(row).all():
             return s, None, ERROR
-        penalised = apply_penalties(row, params, np.fromiter(s.seen, np.int64, len(s.seen)), s.counts)
+        seen = np.fromiter(s.seen, np.int64, len(s.seen)) if params.repetition_penalty != 1.0 else _NO_IDS
+        penalised = apply_penalties(row, params, seen, s.counts)
         if len(s.output_ids) < params.min_tokens:
             banned = [t for t in (*self.eos, *params.stop_token_ids) if t < len(penalised)]
             penalised = penalised.copy() if penalised is row else penalised

