@@ -57,7 +57,12 @@ def _engine(args: argparse.Namespace) -> Any:
     # One conversation at a time: a few slots, and prefix caching so each turn reuses the history's cache.
     config = EngineConfig(max_model_len=length, max_num_seqs=2, max_waiting=4, prefix_cache_slots=2)
     return engine_from_bundle(
-        bundle, config, options=runtime_options(args), settings=settings, name=mv.name, version=mv.version
+        bundle,
+        config,
+        options=runtime_options(args, allow_spinning=True, spin_duration_us=100),
+        settings=settings,
+        name=mv.name,
+        version=mv.version,
     )
 
 

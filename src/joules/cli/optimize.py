@@ -30,9 +30,21 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument("--objective", choices=["throughput", "latency", "energy"], default="throughput")
     p.add_argument(
+        "--min-agreement",
+        type=float,
+        default=0.95,
+        help="text-generation models: least greedy-token agreement with float32 (default 0.95)",
+    )
+    p.add_argument(
+        "--max-ppl-increase",
+        type=float,
+        default=5.0,
+        help="text-generation models: largest perplexity increase on held-out text, in percent (default 5)",
+    )
+    p.add_argument(
         "--passes",
         default=",".join(ALL_PASSES),
-        help=f"comma-separated passes (default: all: {','.join(ALL_PASSES)})",
+        help=f"comma-separated passes (default: all: {','.join(ALL_PASSES)}; text-generation models: int8,int4)",
     )
     p.add_argument("--preset", choices=sorted(PRESETS), default="standard", help="how hard each pass tries")
     p.add_argument("--budget-minutes", type=float, default=30.0, help="wall-clock budget of the run (default 30)")
@@ -70,9 +82,58 @@ def summary(state: Any) -> dict[str, Any]:
     }
 
 
+def _is_generator(ref: str) -> bool:
+    from joules.registry import Registry
+
+    return Registry().get(ref).task == "text-generation"
+
+
+def cmd_optimize_decoder(args: argparse.Namespace) -> int:
+    """Text-generation models: weight-only int8/int4 judged by a generation budget (optimize/decoder.py)."""
+    from joules.optimize.decoder import DecoderOptimizeConfig, optimize_decoder
+    from joules.optimize.presets import ALL_PASSES
+
+    passes = args.passes.split(",") if args.passes != ",".join(ALL_PASSES) else ["int8", "int4"]
+    config = DecoderOptimizeConfig(
+        variants=tuple(p.strip() for p in passes if p.strip()),
+        min_agreement=args.min_agreement,
+        max_ppl_increase=args.max_ppl_increase / 100,
+        promote=args.promote,
+    )
+    with contextlib.redirect_stdout(sys.stderr):
+        report = optimize_decoder(args.ref, config)
+    if args.json:
+        print_json(report)
+        return 0
+    rows = [
+        [
+            v["name"],
+            f"{v['agreement']:.3f}",
+            f"{v['perplexity']:.2f}",
+            f"{v['tokens_per_s_1']:.1f}",
+            f"{v['tokens_per_s_16']:.1f}",
+            f"{v['model_mb']:.0f}",
+            v["verdict"],
+        ]
+        for v in report["variants"]
+    ]
+    print_table(rows, ["variant", "agreement", "perplexity", "tok/s (1)", "tok/s (16)", "model MB", "verdict"])
+    c = report["chosen"]
+    print(
+        f"registered {c['name']}:{c['version']} ({c['variant']}, stage {c['stage']})"
+        if c
+        else "the float32 original stays: no variant is faster within the budget"
+    )
+    print(f"report: {report['paths']['markdown']}")
+    return 0
+
+
 def cmd_optimize(args: argparse.Namespace) -> int:
     from joules.optimize import OptimizeConfig, optimize
     from joules.optimize.report import HEADERS, table_rows
+
+    if _is_generator(args.ref):
+        return cmd_optimize_decoder(args)
 
     config = OptimizeConfig(
         max_f1_drop=args.max_f1_drop,
