@@ -82,7 +82,8 @@ def run_joules(args: argparse.Namespace) -> dict[str, Any]:
     mv = registry.get(args.model)
     bundle = registry.load(f"{mv.name}:{mv.version}")
     max_c = max(args.concurrency)
-    config = EngineConfig(max_model_len=512, max_num_seqs=max(64, max_c), max_waiting=1024)
+    # No prefix cache: every request repeats the same prompt, and the peers recompute it each time.
+    config = EngineConfig(max_model_len=512, max_num_seqs=max(64, max_c), max_waiting=1024, prefix_cache_slots=0)
     options = RuntimeOptions(intra_op_threads=args.threads, allow_spinning=True, spin_duration_us=100)
     engine = engine_from_bundle(bundle, config, options=options, settings=settings)
     prompt = engine.tokenizer.encode(PROMPT_TEXT, add_special_tokens=False).ids[: args.prompt_tokens]
@@ -143,7 +144,7 @@ def run_joules(args: argparse.Namespace) -> dict[str, Any]:
     engine.close()
     return {
         "system": "joules",
-        "precision": "float32 (ONNX Runtime, CPU)",
+        "precision": bundle_precision(bundle),
         "prompt_tokens": len(prompt),
         "ttft_s": statistics.median(ttfts),
         "decode_tokens_per_s": (args.new_tokens - 1) / sum(single["_itl"]),
@@ -151,6 +152,11 @@ def run_joules(args: argparse.Namespace) -> dict[str, Any]:
         "peak_rss_mb": peak_rss_mb(),
         "preemptions": stats.preemptions,
     }
+
+
+def bundle_precision(bundle: Any) -> str:
+    last = next((e for e in reversed(bundle.spec.lineage) if e.get("step") == "optimize"), None)
+    return f"{last['pass']} (ONNX Runtime, CPU)" if last else "float32 (ONNX Runtime, CPU)"
 
 
 def summary(clients: int, tokens: int, wall: float, ttft: list[float], itl: list[float]) -> dict[str, Any]:

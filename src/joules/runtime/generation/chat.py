@@ -30,7 +30,10 @@ def _compile(source: str) -> Any:
     import jinja2
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, undefined=jinja2.Undefined)
+    # transformers' settings for chat templates (chat_template_utils.py): trimmed blocks, loop controls.
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, undefined=jinja2.Undefined, extensions=["jinja2.ext.loopcontrols"]
+    )
     env.filters["tojson"] = lambda x, indent=None, ensure_ascii=False: json.dumps(
         x, indent=indent, ensure_ascii=ensure_ascii
     )

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from joules.bundle.generation import GenerationSpec
-from joules.errors import EngineUnavailableError, InputError, QueueFullError
+from joules.errors import ConfigError, EngineUnavailableError, InputError, QueueFullError
 from joules.meter import ZERO, CostModel, EnergyMeter, Measurement
 from joules.runtime.generation.chat import render_chat
 from joules.runtime.generation.decoder import Decoder, StepSequence
@@ -124,11 +124,11 @@ class Engine:
     ) -> None:
         self.config = config or EngineConfig(max_model_len=decoder.config.max_model_len)
         if self.config.max_model_len != decoder.config.max_model_len:
-            raise InputError(
+            raise ConfigError(
                 f"engine max_model_len {self.config.max_model_len} != decoder's {decoder.config.max_model_len}"
             )
         if decoder.num_slots < self.config.num_slots:
-            raise InputError(f"the decoder has {decoder.num_slots} slots; the engine needs {self.config.num_slots}")
+            raise ConfigError(f"the decoder has {decoder.num_slots} slots; the engine needs {self.config.num_slots}")
         self.decoder = decoder
         self.tokenizer = tokenizer
         self.spec = spec
