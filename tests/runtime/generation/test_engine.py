@@ -343,3 +343,22 @@ def test_non_finite_logits_end_that_sequence_only(tiny_llm_bundle: Path, tmp_pat
         assert results[1].finish_reason == "length" and len(results[1].token_ids) == 5
     finally:
         engine.close()
+
+
+def test_generating_never_imports_torch(tiny_llm_bundle: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from joules.runtime.generation import bundle_engine, GenerationRequest, SamplingParams, EngineConfig\n"
+        "import joules.cli.main; joules.cli.main.build_parser()\n"
+        f"e = bundle_engine({str(tiny_llm_bundle)!r}, EngineConfig(max_model_len=256, max_num_seqs=2))\n"
+        "r = e.generate(GenerationRequest(messages=[{'role': 'user', 'content': 'hi'}],"
+        " params=SamplingParams(max_tokens=3)))\n"
+        "e.close()\n"
+        "assert r.usage.completion_tokens >= 1\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "assert 'transformers' not in sys.modules, 'transformers was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
