@@ -124,6 +124,10 @@ class PassSkipped(OptimizeError):
     """A pass does not apply to this model (or cannot run here); the message says why."""
 
 
+class PassFailed(OptimizeError):
+    """A pass raised an unexpected error (a bug or a broken input, not "does not apply"): reported as failed."""
+
+
 # -- bench -----------------------------------------------------------------------------------------
 
 
