@@ -10,6 +10,8 @@ import pytest
 from joules.bundle import Bundle
 from joules.decide import RuleSet
 from joules.errors import InputError
+from joules.meter import EnergyMeter
+from joules.meter.counters import detect_counters
 from joules.runtime import Predictor, RuntimeOptions
 
 TEXTS = [
@@ -45,7 +47,9 @@ def test_rows_are_grouped_by_length_into_sub_batches(tiny_bundle_dir: Path) -> N
     assert result.tokens[0] < 10, "no fixed padding to 128 (the MiniLM tokenizer.json pads by default)"
 
 
-def test_results_carry_labels_actions_and_energy(predictor: Predictor) -> None:
+def test_results_carry_labels_actions_and_energy(tiny_bundle_dir: Path) -> None:
+    # No energy counters: modelled on every host, RAPL or not, so the formula below is the one used.
+    predictor = Predictor(Bundle.load(tiny_bundle_dir), meter=EnergyMeter(counters=[]))
     result = predictor.predict_texts(TEXTS)
     assert set(result.labels) <= {"ham", "spam"}
     assert set(result.actions) <= {"move_to_spam", "flag_for_review", "deliver_to_inbox"}
@@ -56,6 +60,13 @@ def test_results_carry_labels_actions_and_energy(predictor: Predictor) -> None:
     assert m.energy_j == pytest.approx(m.cpu_s * predictor.meter.watts_per_core + m.static_j)
     assert m.static_j > 0 and m.method == "modelled"
     assert predictor.stats.rows >= len(TEXTS)
+
+
+def test_the_default_meter_measures_where_the_host_has_counters(predictor: Predictor) -> None:
+    """RAPL (or NVML) readable: measured; otherwise modelled. The label follows the host."""
+    has_cpu_counter = any(c.kind == "cpu" for c in detect_counters())
+    m = predictor.predict_texts(TEXTS).measurement
+    assert m.method == ("measured" if has_cpu_counter else "modelled") and m.energy_j > 0
 
 
 def test_rules_override(tiny_bundle_dir: Path) -> None:

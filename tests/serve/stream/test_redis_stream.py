@@ -244,28 +244,40 @@ def test_lost_connections_cost_nothing(spam_home: Path, redis_server: RedisServe
     """The broker drops the consumer's connections again and again: one verdict per message, no dead letter.
 
     Outcomes in hand are written again after reconnecting rather than read again, so an outage
-    does not count as a delivery attempt against --max-attempts.
+    does not count as a delivery attempt against --max-attempts. The messages come in rounds,
+    and each round's kill waits until the consumer has reconnected and judged part of that
+    round, so every round drops a working connection however fast or slow the machine is.
     """
     r = redis_server.client
-    n = 800
-    for i, t in enumerate(texts(n)):
-        r.xadd("mail", {"id": f"m{i}", "text": t})
+    rounds, per_round = 10, 80
+    n = rounds * per_round
+    all_texts = texts(n)
     c = start_consumer(spam_home, redis_server, "c1", tmp_path, "--batch-size", "16", "--claim-idle-ms", "500")
-    kills, next_kill = 0, 40
+    kills = 0
     try:
-
-        def done() -> bool:
-            nonlocal kills, next_kill
-            answered = r.xlen("verdicts")
-            if answered >= next_kill:  # every 40 verdicts, wherever the consumer is in its loop
-                kills += int(r.client_kill_filter(_type="normal", skipme=True) or 0)
-                next_kill = answered + 40
-            return answered >= n and pending(redis_server, "mail", "g") == 0
-
-        wait_until(done, 180, f"all answered despite dropped connections\n{c.tail()}", interval=0.01)
+        for k in range(rounds):
+            answered_before = r.xlen("verdicts")
+            for i in range(k * per_round, (k + 1) * per_round):
+                r.xadd("mail", {"id": f"m{i}", "text": all_texts[i]})
+            wait_until(
+                lambda before=answered_before: r.xlen("verdicts") > before,
+                180,
+                f"round {k}: the consumer back at work\n{c.tail()}",
+                interval=0.002,
+            )
+            # The consumer's connections, wherever it is in its loop (reading, judging, writing, acking).
+            dropped = wait_until(
+                lambda: r.client_kill_filter(_type="normal", skipme=True), 60, f"round {k}: a connection to drop"
+            )
+            kills += int(dropped)
+        wait_until(
+            lambda: r.xlen("verdicts") >= n and pending(redis_server, "mail", "g") == 0,
+            180,
+            f"all answered despite dropped connections\n{c.tail()}",
+        )
     finally:
         assert stop(c) == 0, c.tail()
-    assert kills >= 10
+    assert kills >= rounds
     verdicts = entries(redis_server, "verdicts")
     assert len(verdicts) == n and len({f["source_id"] for _, f in verdicts}) == n
     assert r.xlen("mail:dead") == 0, entries(redis_server, "mail:dead")[:3]
