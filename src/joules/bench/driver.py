@@ -323,6 +323,11 @@ class Bench:
                 ),
             )
         before, after = raw.get("metrics_before") or {}, raw.get("metrics_after") or {}
+        calls = after.get("joules_batch_size_count", 0.0) - before.get("joules_batch_size_count", 0.0)
+        if calls > 0:  # the server's dynamic batching, seen from its /metrics
+            rows = after.get("joules_batch_size_sum", 0.0) - before.get("joules_batch_size_sum", 0.0)
+            out["model_calls"] = int(calls)
+            out["rows_per_call"] = round(rows / calls, 2)
         if n and "joules_energy_joules_total" in after:
             delta = {k: after[k] - before.get(k, 0.0) for k in after}
             out["reported_per_1000"] = {
