@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+from typing import Any
 
 import httpx
 import pytest
@@ -16,6 +17,22 @@ from schemathesis.generation.modes import GenerationMode
 from tests.serve.online.conftest import ServerProcess
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+def _refuse(constant: str) -> None:
+    raise AssertionError(f"not strict JSON: the body holds a bare {constant}")
+
+
+def strict_json(response: Any) -> object:
+    """The body parsed as strict JSON (RFC 8259): a NaN or Infinity literal fails, as strict parsers fail."""
+    return json.loads(response.text, parse_constant=_refuse)
+
+
+def is_json(response: Any) -> bool:
+    value = response.headers.get("content-type") or ""
+    if isinstance(value, list):  # schemathesis' responses keep every header's values in a list
+        value = value[0] if value else ""
+    return str(value).split(";")[0].strip() == "application/json"
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
@@ -30,6 +47,8 @@ def test_no_input_makes_a_server_error(spam_server: ServerProcess, mode: Generat
     def check(case) -> None:
         response = case.call(base_url=spam_server.url, timeout=30)
         assert response.status_code < 500, (case.method, case.formatted_path, case.body, response.text[:300])
+        if is_json(response):
+            strict_json(response)  # every JSON body, 2xx and 4xx
         if response.status_code >= 400 and case.formatted_path != "/metrics":
             assert "error" in response.json() and "Traceback" not in response.text
 
@@ -83,6 +102,8 @@ def test_binary_tensor_bodies_never_make_a_server_error(
     headers = {"Inference-Header-Content-Length": str(len(head) + header_delta)} if use_header else {}
     r = httpx.post(spam_server.url + "/v2/models/spam/infer", content=head + tail, headers=headers, timeout=30)
     assert r.status_code < 500, (request, tail, r.text[:300])
+    if is_json(r):
+        strict_json(r)
 
 
 @given(texts=st.lists(st.text(max_size=300), min_size=1, max_size=5))
@@ -111,6 +132,8 @@ def test_any_text_is_answered(spam_server: ServerProcess, texts: list[str]) -> N
     )
     valid = all(_is_utf8(t) for t in texts)
     assert r.status_code == (200 if valid else 400), r.text[:300]
+    if is_json(r):
+        strict_json(r)
 
 
 def _is_utf8(t: str) -> bool:
