@@ -48,6 +48,10 @@ class InputError(JoulesError):
     """A prediction request is malformed (wrong field, type or shape)."""
 
 
+class OutputError(JoulesError):
+    """A model's output cannot become a label or an action (it is not finite); the message names the row."""
+
+
 class DataError(JoulesError):
     """A data file (dataset, batch input) cannot be read."""
 

@@ -17,11 +17,37 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from joules.optimize.evaluate import Candidate
-    from joules.optimize.run import RunState
+from joules.optimize.evaluate import Candidate
+
+
+class RunState(Protocol):
+    """What the report reads of a run (``run.RunState``; a Protocol, so report imports nothing of run)."""
+
+    @property
+    def ref(self) -> str: ...
+    @property
+    def config(self) -> Any: ...
+    @property
+    def preset(self) -> Any: ...
+    @property
+    def original(self) -> Candidate | None: ...
+    @property
+    def variants(self) -> list[Candidate]: ...
+    @property
+    def references(self) -> list[Candidate]: ...
+    @property
+    def skipped(self) -> list[dict[str, Any]]: ...
+    @property
+    def selection(self) -> Any: ...
+    @property
+    def measure(self) -> Any: ...
+    @property
+    def chosen(self) -> dict[str, Any] | None: ...
+    @property
+    def seconds(self) -> dict[str, float]: ...
+
 
 # Issue 4's targets, checked in the report (F1 points).
 STUDENT_MAX_TEST_DROP = 1.5

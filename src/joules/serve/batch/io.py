@@ -1,7 +1,9 @@
 """Batch inputs and outputs: CSV, JSONL and Parquet, read in chunks, written resumably.
 
-Readers yield one ``Row`` per input row, in order, with either its text or the
-reason it cannot be scored. Writers append to a file that can be cut back to
+Readers yield one ``Row`` per input row, in order, with either the raw values
+of the fields the model's input kind needs (admitted later, by the same rules
+as every mode: ``runtime/admission.py``) or the reason the line cannot be read
+at all (malformed CSV or JSON). Writers append to a file that can be cut back to
 the last checkpoint (CSV, JSONL) or add one part file per chunk (Parquet).
 """
 
@@ -13,12 +15,13 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from joules.errors import DataError
+from joules.runtime.reasons import invalid_utf8
 
 FORMATS = ("csv", "jsonl", "parquet")
 _SUFFIXES = {
@@ -50,7 +53,7 @@ def detect_format(path: Path, given: str | None = None) -> str:
 class Row:
     index: int  # 0-based position among the input's rows
     id: Any
-    text: str | None
+    fields: dict[str, Any] | None  # field name -> the raw value read (absent when the file has none)
     error: str | None = None
     line: int | None = None
 
@@ -60,27 +63,23 @@ def _bad_utf8(value: str) -> bool:
     return any("\udc80" <= ch <= "\udcff" for ch in value)
 
 
-def _check_text(text: Any, column: str) -> str | None:
-    if text is None:
-        return f"missing {column!r} column value"
-    if not isinstance(text, str):
-        return f"{column!r} must be a string, got {type(text).__name__}"
-    if _bad_utf8(text):
-        return f"invalid UTF-8 in {column!r}"
-    if not text.strip():
-        return f"empty {column!r}"
-    return None
-
-
-def read_rows(path: Path, fmt: str, text_column: str, id_column: str, *, skip: int = 0) -> Iterator[Row]:
-    """Every input row from the ``skip``-th on."""
+def read_rows(path: Path, fmt: str, columns: Mapping[str, str], id_column: str, *, skip: int = 0) -> Iterator[Row]:
+    """Every input row from the ``skip``-th on; ``columns`` maps each field the model needs to its column."""
     if not path.is_file():
         raise DataError(f"input file {str(path)!r} does not exist")
     reader = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet}[fmt]
-    return reader(path, text_column, id_column, skip)
+    return reader(path, dict(columns), id_column, skip)
 
 
-def _read_csv(path: Path, text_column: str, id_column: str, skip: int) -> Iterator[Row]:
+def _need(path: Path, header: Sequence[str], columns: Mapping[str, str]) -> None:
+    absent = [c for c in columns.values() if c not in header]
+    if absent:
+        raise DataError(
+            f"{path}: no {', '.join(repr(c) for c in absent)} column; columns are {list(header)} (use --text-column)"
+        )
+
+
+def _read_csv(path: Path, columns: dict[str, str], id_column: str, skip: int) -> Iterator[Row]:
     with path.open(encoding="utf-8", errors="surrogateescape", newline="") as f:
         reader = csv.reader(f)
         try:
@@ -90,9 +89,8 @@ def _read_csv(path: Path, text_column: str, id_column: str, skip: int) -> Iterat
         except csv.Error as e:
             raise DataError(f"{path}: cannot read the CSV header: {e}") from None
         header = [h.lstrip("\ufeff") if i == 0 else h for i, h in enumerate(header)]
-        if text_column not in header:
-            raise DataError(f"{path}: no {text_column!r} column; columns are {header} (use --text-column)")
-        t = header.index(text_column)
+        _need(path, header, columns)
+        at = {name: header.index(column) for name, column in columns.items()}
         k = header.index(id_column) if id_column in header else None
         index = 0
         while True:
@@ -118,15 +116,13 @@ def _read_csv(path: Path, text_column: str, id_column: str, skip: int) -> Iterat
                         reader.line_num,
                     )
                 elif isinstance(row_id, str) and _bad_utf8(row_id):
-                    yield Row(index, index, None, f"invalid UTF-8 in {id_column!r}", reader.line_num)
+                    yield Row(index, index, None, invalid_utf8(id_column), reader.line_num)
                 else:
-                    text = fields[t]
-                    err = _check_text(text, text_column)
-                    yield Row(index, row_id, None if err else text, err, reader.line_num)
+                    yield Row(index, row_id, {name: fields[i] for name, i in at.items()}, None, reader.line_num)
             index += 1
 
 
-def _read_jsonl(path: Path, text_column: str, id_column: str, skip: int) -> Iterator[Row]:
+def _read_jsonl(path: Path, columns: dict[str, str], id_column: str, skip: int) -> Iterator[Row]:
     with path.open("rb") as f:
         index = 0
         for line_no, raw in enumerate(f, 1):
@@ -136,9 +132,9 @@ def _read_jsonl(path: Path, text_column: str, id_column: str, skip: int) -> Iter
                 index += 1
                 continue
             try:
-                obj = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                yield Row(index, index, None, "invalid UTF-8", line_no)
+                # Bytes that are not UTF-8 stay lone surrogates in the values, for admission to
+                # refuse with the reason every mode gives (the field is named there).
+                obj = json.loads(raw.decode("utf-8", "surrogateescape"))
             except json.JSONDecodeError as e:
                 yield Row(index, index, None, f"malformed JSON: {e.msg} at column {e.colno}", line_no)
             else:
@@ -146,13 +142,15 @@ def _read_jsonl(path: Path, text_column: str, id_column: str, skip: int) -> Iter
                     yield Row(index, index, None, f"expected a JSON object, got {type(obj).__name__}", line_no)
                 else:
                     row_id = obj.get(id_column, index)
-                    text = obj.get(text_column)
-                    err = _check_text(text, text_column)
-                    yield Row(index, row_id, None if err else text, err, line_no)
+                    if isinstance(row_id, str) and _bad_utf8(row_id):
+                        yield Row(index, index, None, invalid_utf8(id_column), line_no)
+                    else:
+                        values = {name: obj[c] for name, c in columns.items() if c in obj}
+                        yield Row(index, row_id, values, None, line_no)
             index += 1
 
 
-def _read_parquet(path: Path, text_column: str, id_column: str, skip: int) -> Iterator[Row]:
+def _read_parquet(path: Path, columns: dict[str, str], id_column: str, skip: int) -> Iterator[Row]:
     import pyarrow.parquet as pq
 
     try:
@@ -160,26 +158,20 @@ def _read_parquet(path: Path, text_column: str, id_column: str, skip: int) -> It
     except Exception as e:  # pyarrow raises ArrowInvalid/OSError variants
         raise DataError(f"{path}: not a readable Parquet file: {e}") from None
     names = pf.schema_arrow.names
-    if text_column not in names:
-        raise DataError(f"{path}: no {text_column!r} column; columns are {names} (use --text-column)")
-    columns = [text_column] + ([id_column] if id_column in names and id_column != text_column else [])
+    _need(path, names, columns)
+    wanted = list(dict.fromkeys([*columns.values(), *([id_column] if id_column in names else [])]))
     index = 0
-    for batch in pf.iter_batches(batch_size=4096, columns=columns):
+    for batch in pf.iter_batches(batch_size=4096, columns=wanted):
         if index + batch.num_rows <= skip:
             index += batch.num_rows
             continue
-        texts = batch.column(0).to_pylist()
-        ids = batch.column(1).to_pylist() if len(columns) > 1 else None
-        for j, text in enumerate(texts):
+        data = {c: batch.column(i).to_pylist() for i, c in enumerate(wanted)}
+        ids = data.get(id_column)
+        for j in range(batch.num_rows):
             if index >= skip:
-                if isinstance(text, bytes):
-                    try:
-                        text = text.decode("utf-8")
-                    except UnicodeDecodeError:
-                        text = text.decode("utf-8", errors="surrogateescape")
                 row_id = ids[j] if ids is not None else index
-                err = _check_text(text, text_column)
-                yield Row(index, row_id, None if err else text, err)
+                # binary values stay bytes: admission decodes them (strict UTF-8) like a Redis field
+                yield Row(index, row_id, {name: data[c][j] for name, c in columns.items()})
             index += 1
 
 

@@ -1,4 +1,9 @@
-"""What ``joules serve`` was asked to do: one frozen, validated configuration."""
+"""What ``joules serve`` was asked to do: one frozen, validated configuration.
+
+``joules serve`` with no flags runs exactly ``ServeConfig()``: its flags take
+their defaults from these fields (``cli/serve.py``). Light to import (no
+ONNX Runtime, no registry), so the CLI can read them when it builds its parser.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from joules.errors import ConfigError
-from joules.registry import validate_name
-from joules.runtime import RuntimeOptions
 from joules.runtime.batching import BatchingConfig
+from joules.runtime.limits import MAX_TEXT_BYTES
+from joules.runtime.options import RuntimeOptions
 
 MIB = 1 << 20
 
@@ -35,8 +40,11 @@ class ServeConfig:
     spin_us: int = 100
     providers: tuple[str, ...] | None = None
     access_log: bool = False
+    max_text_bytes: int = MAX_TEXT_BYTES  # admission's bound on one text, as in every mode
 
     def __post_init__(self) -> None:
+        from joules.registry.names import validate_name  # the registry is loaded only when serving
+
         object.__setattr__(self, "models", tuple(self.models))
         for name in self.models:
             validate_name(name)
@@ -62,6 +70,8 @@ class ServeConfig:
             raise ConfigError(f"threads must be >= 0, got {self.threads}")
         if not 0 <= self.spin_us <= 1_000_000:
             raise ConfigError(f"spin_us must be in [0, 1000000] (0: never spin), got {self.spin_us}")
+        if not isinstance(self.max_text_bytes, int) or self.max_text_bytes < 1:
+            raise ConfigError(f"max_text_bytes must be a whole number >= 1, got {self.max_text_bytes!r}")
         if self.rules_file is not None and not Path(self.rules_file).is_file():
             raise ConfigError(f"rule file {str(self.rules_file)!r} does not exist")
         if self.api_key_env is not None:
@@ -96,6 +106,8 @@ class ServeConfig:
             spin_duration_us=self.spin_us or None,
             mem_pattern=False,  # patterns are cached per input shape: useless and growing with varying shapes
             max_batch_size=self.batching.max_batch_size,
+            max_batch_tokens=self.batching.max_batch_tokens,
+            max_text_bytes=self.max_text_bytes,
             warmup=True,
         )
 

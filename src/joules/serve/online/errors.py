@@ -28,6 +28,7 @@ from joules.errors import (
     JoulesError,
     ModelNotFoundError,
     ModelNotReadyError,
+    OutputError,
     PayloadTooLargeError,
     QueueFullError,
     RuleError,
@@ -46,6 +47,7 @@ STATUS: dict[type[BaseException], int] = {
     ModelNotFoundError: 404,
     PayloadTooLargeError: 413,
     UnsupportedMediaError: 415,
+    OutputError: 422,  # the request was well formed; the model's answer to it is unusable
     ClientClosedError: 499,
     ClientDisconnect: 499,  # gone while its body was being read
     QueueFullError: 503,
@@ -92,5 +94,5 @@ def error_response(error: BaseException) -> Response:
         headers["Retry-After"] = "1"
     if isinstance(error, UnauthorizedError):
         headers["WWW-Authenticate"] = 'Bearer realm="joules"'
-    body = json.dumps({"error": message}).encode()
+    body = json.dumps({"error": message}, allow_nan=False).encode()
     return Response(body, status_code=status, headers=headers, media_type="application/json")

@@ -28,7 +28,7 @@ from joules.runtime import Predictor
 from joules.runtime.batching import DynamicBatcher
 from joules.serve.online.cache import ResponseCache, Row
 from joules.serve.online.config import ServeConfig
-from joules.serve.online.handler import Job, ModelRunner, Outcome
+from joules.serve.online.handler import Answer, Job, ModelRunner
 from joules.serve.online.metrics import ModelState, ServerMetrics
 from joules.serve.online.signature import Signature
 
@@ -68,9 +68,8 @@ class ServedModel:
             max_batch_size=config.batching.max_batch_size,
             max_batch_tokens=config.batching.max_batch_tokens,
             on_call=metrics.call_observer(name, v, prices),
-            prices=prices,
         )
-        self.batcher: DynamicBatcher[Job, Outcome] = DynamicBatcher(
+        self.batcher: DynamicBatcher[Job, Answer] = DynamicBatcher(
             runner, config.batching, name=f"{name}:{v}", on_dispatch=metrics.queue_observer(name, v)
         )
         self.cache = ResponseCache(config.cache_size) if config.cache_size else None
@@ -84,7 +83,7 @@ class ServedModel:
     def ref(self) -> str:
         return f"{self.name}:{self.version}"
 
-    async def infer(self, job: Job, deadline: float | None) -> Outcome:
+    async def infer(self, job: Job, deadline: float | None) -> Answer:
         if self.cache is None:
             return await self.batcher.submit(job, rows=job.rows, deadline=deadline)
         keys = job.row_keys()
@@ -97,11 +96,11 @@ class ServedModel:
             sub = job if len(missing) == len(keys) else job.take(missing)
             out = await self.batcher.submit(sub, rows=sub.rows, deadline=deadline)
             for j, i in enumerate(missing):
-                row = out.row(j)
+                row = out.rows[j]
                 self.cache.put(keys[i], row)
                 found[i] = row
             cost = out.cost  # the rows found in the cache add nothing
-        return Outcome.assemble([r for r in found if r is not None], cost)
+        return Answer([r for r in found if r is not None], cost)
 
     def state(self) -> ModelState:
         return ModelState(
@@ -287,6 +286,7 @@ class ModelRepository:
             rules=rules,
             options=cfg.runtime_options(),
             meter=EnergyMeter.from_settings(self.registry.settings),
+            prices=self.prices,
             version=version,
         )
         return ServedModel(name, predictor, cfg, self.metrics, self.prices)

@@ -23,9 +23,10 @@ from contextlib import contextmanager
 from typing import Any
 
 from joules.errors import BrokerUnavailableError, StreamError, require
+from joules.runtime.reasons import invalid_utf8
 from joules.serve.stream.base import Backlog
 from joules.serve.stream.config import RedisEndpoint, StreamConfig
-from joules.serve.stream.messages import Message, check_text, stream_id_ms
+from joules.serve.stream.messages import Message, stream_id_ms
 
 log = logging.getLogger("joules.stream")
 
@@ -128,7 +129,6 @@ class RedisStreamSource:
         self.cfg = config
         self.stream = endpoint.stream
         self.description = f"{endpoint} (group {config.group!r}, consumer {config.consumer!r})"
-        self._text_field = config.text_field.encode()
         self._id_field = config.id_field.encode()
         self._history: str | None = "0"  # read our own pending entries first, from this id on
         self._claim_cursor = "0-0"
@@ -291,20 +291,19 @@ class RedisStreamSource:
 
     def _decode(self, eid: bytes, fields: dict[bytes, bytes], deliveries: int, last_error: str | None) -> Message:
         source_id = eid.decode()
-        text, problem = check_text(fields.get(self._text_field), self.cfg.text_field, self.cfg.max_text_bytes)
-        if problem and self._text_field not in fields:
-            names = sorted(k.decode("utf-8", "replace") for k in fields)
-            problem += f" (the message has {names[:20]}{'...' if len(names) > 20 else ''})"
+        problem = None
         msg_id: str | None = None
         raw_id = fields.get(self._id_field)
         if raw_id is not None:
             try:
                 msg_id = raw_id.decode("utf-8")
-            except UnicodeDecodeError as e:
-                problem = problem or f"invalid UTF-8 in field {self.cfg.id_field!r} at byte {e.start}"
+            except UnicodeDecodeError:
+                problem = invalid_utf8(self.cfg.id_field)
+        # Values stay bytes: admission decodes the ones the model needs (strict UTF-8, size first).
+        decoded = {k.decode("utf-8", "replace"): v for k, v in fields.items()}
         return Message(
             source_id=source_id,
-            text=None if problem else text,
+            fields=decoded,
             id=msg_id,
             problem=problem,
             original=fields,
