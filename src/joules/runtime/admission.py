@@ -24,8 +24,24 @@ The plug-in point is ``InputKind``, chosen per bundle by
 - ``warmup()``: a few converted values that exercise the model at load.
 
 A new kind (e-mail, tabular, image, ...) is one class with these methods and
-one line in ``kind_for``; every mode reaches it without change, because
-every mode goes through ``Predictor.admit`` / ``Predictor.predict_values``.
+one line in ``kind_for`` (plus its name in ``bundle.spec.Preprocess``); every
+mode reaches it without change, because every mode goes through
+``Predictor.admit`` / ``Predictor.predict_values``.
+
+What ``admit`` receives, by carrier (a kind must take each):
+
+- /v1 JSON: the instance's JSON values (str, int, float, bool, lists, None);
+- V2: a BYTES input's element as ``str`` (JSON data) or ``bytes`` (binary
+  data); a numeric input's row as a numpy array (float64 from JSON data, the
+  declared datatype from binary data);
+- batch: CSV cells as ``str`` (lone surrogates where the file was not UTF-8),
+  JSONL values as JSON values, Parquet values as Python values (``bytes`` for
+  binary columns); a missing value is ``None`` or absent;
+- stream: JSONL values as JSON values, Redis fields as ``bytes``.
+
+``field_of`` refuses an absent or null field; ``admit_text`` holds the text
+rules (size, UTF-8, blank) for any kind that ends in text; the reasons are in
+``runtime/reasons.py``.
 """
 
 from __future__ import annotations
