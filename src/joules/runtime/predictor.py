@@ -21,6 +21,7 @@ itself, across the requests it batches, and calls ``run``.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ from joules.runtime.planning import plan_runs
 from joules.runtime.preprocess import TextPreprocessor
 from joules.runtime.results import OUTPUT_NOT_FINITE, Prediction
 from joules.settings import load_settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -178,7 +181,9 @@ class Predictor:
         units = self.encode(values)
         out: list[Prediction | Exception | None] = [None] * len(units)
         for call in self.plan(self.work(units)):
-            results = isolate(lambda idx: self.run([units[i] for i in idx], record=record).rows(), call)
+            results = isolate(
+                lambda idx: self.run([units[i] for i in idx], record=record).rows(), call, on_failure=_split_note
+            )
             for i, r in zip(call, results, strict=True):
                 out[i] = r
         return [r if r is not None else RuntimeError("row not computed") for r in out]
@@ -301,6 +306,11 @@ class Predictor:
         if isinstance(inputs, str) or not isinstance(inputs, Sequence):
             raise InputError(f"expected a list of texts, got {type(inputs).__name__}")
         return [item.get(field_name) if isinstance(item, Mapping) else item for item in inputs]
+
+
+def _split_note(units: Sequence[Any], error: Exception) -> None:
+    if len(units) > 1:
+        log.warning("a model call of %d rows failed (%s); splitting it to find the rows", len(units), error)
 
 
 def _gather(labels: tuple[str, ...], n: int, parts: Sequence[tuple[Sequence[int], PredictionBatch]]) -> PredictionBatch:
