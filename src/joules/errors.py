@@ -94,6 +94,26 @@ class UnsupportedMediaError(JoulesError):
     """A Content-Encoding the server cannot decode."""
 
 
+class MalformedRequestError(JoulesError):
+    """The bytes a client sent are not a valid HTTP/1.1 request."""
+
+
+class HeaderTooLargeError(JoulesError):
+    """A request's line and headers are over the size or count limit."""
+
+
+class RequestTimeoutError(JoulesError):
+    """A request's headers or body did not arrive within the time allowed."""
+
+
+class ModelLoadError(JoulesError):
+    """A model version could not be loaded; the message says which and why."""
+
+
+class RepositoryControlError(JoulesError):
+    """Loading or unloading models through the HTTP repository API is not enabled on this server."""
+
+
 class ModelNotReadyError(JoulesError):
     """The model is known but not loaded (loading, unloaded, or its load failed)."""
 

@@ -51,7 +51,49 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--cache-size", type=int, default=0, help="response cache entries per model; 0: off (default)")
     p.add_argument("--poll-interval-s", type=float, default=2.0, help="how often to look for promotions (default 2)")
     p.add_argument("--drain-timeout-s", type=float, default=30.0, help="graceful shutdown limit (default 30)")
-    p.add_argument("--max-connections", type=int, default=2048, help="open connections before 503 (default 2048)")
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=2048,
+        help="open connections before 503; health probes are still answered (default 2048)",
+    )
+    # Their defaults live in ServeConfig (serve/online/config.py): a flag not given is not passed,
+    # so that importing the server's configuration is not needed to build the parser.
+    limit = p.add_argument_group("limits on what a client may send (docs/online.md#limits)")
+    limit.add_argument(
+        "--max-header-kb",
+        type=float,
+        default=argparse.SUPPRESS,
+        help="request line and headers, KiB: 431 beyond (default 64)",
+    )
+    limit.add_argument(
+        "--max-headers", type=int, default=argparse.SUPPRESS, help="header fields per request: 431 beyond (default 100)"
+    )
+    limit.add_argument(
+        "--header-timeout-s",
+        type=float,
+        default=argparse.SUPPRESS,
+        help="time for a request's line and headers to arrive: 408 and close after (default 10)",
+    )
+    limit.add_argument(
+        "--body-timeout-s",
+        type=float,
+        default=argparse.SUPPRESS,
+        help="time for a declared body to arrive after the headers: 408 and close after (default 30)",
+    )
+    limit.add_argument(
+        "--keep-alive-s",
+        type=float,
+        default=argparse.SUPPRESS,
+        help="an idle connection between requests is closed after this (default 5)",
+    )
+    p.add_argument(
+        "--model-control",
+        choices=["none", "explicit"],
+        default=argparse.SUPPRESS,
+        help="'explicit': allow POST /v2/repository/models/NAME/load and /unload (behind the API key when one is "
+        "set); 'none': refuse them with 403 (default none)",
+    )
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads per instance (0: cores / instances)")
     p.add_argument(
         "--spin-us",
@@ -66,11 +108,23 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     p.set_defaults(func=cmd_serve)
 
 
+# ServeConfig fields whose flag has no argparse default (ServeConfig's applies when the flag is absent).
+OPTIONAL_FIELDS = (
+    "max_header_kb",
+    "max_headers",
+    "header_timeout_s",
+    "body_timeout_s",
+    "keep_alive_s",
+    "model_control",
+)
+
+
 def config_from_args(args: argparse.Namespace) -> Any:
     from joules.runtime.batching import BatchingConfig
     from joules.serve.online import ServeConfig
 
     providers = tuple(x.strip() for x in args.providers.split(",")) if args.providers else None
+    given = {k: getattr(args, k) for k in OPTIONAL_FIELDS if hasattr(args, k)}
     return ServeConfig(
         models=tuple(args.models),
         host=args.host,
@@ -96,6 +150,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         spin_us=args.spin_us,
         providers=providers,
         access_log=args.access_log,
+        **given,
     )
 
 
