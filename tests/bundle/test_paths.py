@@ -81,7 +81,7 @@ def test_a_symlinked_model_leading_outside_is_refused(tmp_path: Path) -> None:
 def test_external_data_outside_the_bundle_is_refused(tmp_path: Path) -> None:
     bundle = tensor_bundle(tmp_path / "b")
     external_data(bundle / "model.onnx", "../../../../etc/passwd")
-    with pytest.raises(BundleError, match="external data of 'model.onnx' '.*etc/passwd' leads outside the bundle"):
+    with pytest.raises(BundleError, match=r"external data of 'model.onnx' '.*etc/passwd' leads outside the bundle"):
         Bundle.load(bundle)
     proc = run_joules("import", str(bundle), "--name", "ext", home=tmp_path / "home")
     assert proc.returncode == 2, proc.stderr
@@ -104,7 +104,7 @@ def test_missing_external_data_is_refused(tmp_path: Path) -> None:
     bundle = tensor_bundle(tmp_path / "b")
     external_data(bundle / "model.onnx", "weights.data")
     (bundle / "weights.data").unlink()
-    with pytest.raises(BundleError, match="weights.data.*missing"):
+    with pytest.raises(BundleError, match=r"weights\.data.*missing"):
         Bundle.load(bundle)
 
 
