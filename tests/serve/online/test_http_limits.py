@@ -118,6 +118,10 @@ def test_protocol_errors_are_json(lin_home: Path, start_server: Starter) -> None
     assert status == 400 and "invalid HTTP request" in error
     status, error = status_and_error(exchange(server, b"GET /v2 HTTP/1.1\r\nHost: x\r\nContent-Length: 1x\r\n\r\n"))
     assert status == 400
+    # No route takes a WebSocket: an upgrade is answered as the plain HTTP request it also is.
+    upgrade = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13"}
+    r = httpx.get(server.url + "/v2", headers={**upgrade, "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}, timeout=10)
+    assert r.status_code == 200 and r.json()["name"] == "joules"
     r = httpx.request("DELETE", server.url + "/v2", timeout=10)
     assert r.status_code == 405 and "error" in r.json()
     r = httpx.get(server.url + "/nowhere", timeout=10)

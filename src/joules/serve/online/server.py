@@ -65,6 +65,7 @@ def run_server(config: ServeConfig, *, registry: Registry | None = None) -> int:
         timeout_graceful_shutdown=int(config.drain_timeout_s),
         limit_concurrency=config.max_connections,
         http=protocol_class(config.http_limits()),  # header, body and connection limits (connection.py)
+        ws="none",  # no route takes a WebSocket: an upgrade request is answered as plain HTTP
         lifespan="on",
         server_header=False,
     )
