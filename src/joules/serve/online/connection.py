@@ -62,9 +62,9 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.timeout_keep_alive = self.limits.keep_alive_s  # type: ignore[assignment]  # uvicorn's is whole seconds
+        self._max_head = self.limits.max_header_bytes
         self._in_head = True  # waiting for (more of) a request's line and headers
         self._head_bytes = 0
-        self._header_count = 0
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
 
@@ -86,11 +86,13 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._head_timer = self._body_timer = None
 
     # -- reading ------------------------------------------------------------------------------------
+    # Every request goes through here: the common case (a whole request in one read) costs a few
+    # attribute checks and no timer.
 
     def data_received(self, data: bytes) -> None:
         self._unset_keepalive_if_required()
         if self._in_head:
-            room = self.limits.max_header_bytes - self._head_bytes
+            room = self._max_head - self._head_bytes
             self._head_bytes += len(data)  # past the head's end too, within this read: bounded by the read size
             if len(data) > room:
                 # Parse only what fits; if the head has not ended by then it is too large.
@@ -99,20 +101,29 @@ class LimitedHttpProtocol(HttpToolsProtocol):
                 if self._in_head:
                     self._refuse(
                         HeaderTooLargeError(
-                            f"the request line and headers are over {self.limits.max_header_bytes:,} bytes; "
+                            f"the request line and headers are over {self._max_head:,} bytes; "
                             f"this server takes at most {self.limits.max_header_kb:g} KiB (--max-header-kb)"
                         )
                     )
                     return
                 data = data[max(room, 0) :]
-        if not self._feed(data):
+        try:
+            self.parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as e:
+            self._parse_failed(e)
             return
-        # Timers only for what is still incomplete after this read (most requests come whole in one).
-        if self._in_head:
-            if self._head_bytes and self._head_timer is None:
+        if self._in_head:  # part of a head: it has header_timeout_s to end
+            if self._head_timer is None:
                 self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_timed_out)
-        elif self._body_timer is None and self.cycle is not None and self.cycle.more_body:
-            self._body_timer = self.loop.call_later(self.limits.body_timeout_s, self._body_timed_out)
+        elif self.cycle is not None and self.cycle.more_body:  # headers in, body not whole: body_timeout_s to come
+            if self._body_timer is None:
+                self._body_timer = self.loop.call_later(self.limits.body_timeout_s, self._body_timed_out)
+        else:  # the request is whole: what comes next is a new head
+            self._in_head = True
+            self._head_bytes = 0
+            if self._body_timer is not None:
+                self._body_timer.cancel()
+                self._body_timer = None
 
     def _feed(self, data: bytes) -> bool:
         """Parse ``data``; False when the connection was refused (and is closing)."""
@@ -120,41 +131,36 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             return True
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as e:
+            self._parse_failed(e)
+            return False
+        return not self.transport.is_closing()
+
+    def _parse_failed(self, e: Exception) -> None:
+        if isinstance(e, httptools.HttpParserUpgrade):  # uvicorn's handling, unchanged
             if self._should_upgrade():
                 self.handle_websocket_upgrade()
             else:
                 self._unsupported_upgrade_warning()
-            return False
-        except httptools.HttpParserError as e:
-            if isinstance(e.__context__, _TooManyHeaders):
-                error: JoulesError = HeaderTooLargeError(
-                    f"the request has more than {self.limits.max_headers} header fields; "
-                    f"this server takes at most {self.limits.max_headers} (--max-headers)"
-                )
-            else:
-                error = MalformedRequestError(f"invalid HTTP request: {e}")
-            self._refuse(error)
-            return False
-        return not self.transport.is_closing()
+            return
+        if isinstance(e.__context__, _TooManyHeaders):
+            error: JoulesError = HeaderTooLargeError(
+                f"the request has more than {self.limits.max_headers} header fields; "
+                f"this server takes at most {self.limits.max_headers} (--max-headers)"
+            )
+        else:
+            error = MalformedRequestError(f"invalid HTTP request: {e}")
+        self._refuse(error)
 
     # -- parser callbacks ---------------------------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        self._header_count = 0
-        super().on_message_begin()
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_count += 1
-        if self._header_count > self.limits.max_headers:
-            raise _TooManyHeaders
-        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        if len(self.headers) > self.limits.max_headers:  # counted here: the head's size bounds their number
+            raise _TooManyHeaders
         limit = self.limit_concurrency
         if limit is None or (len(self.connections) < limit and len(self.tasks) < limit):
             super().on_headers_complete()
@@ -168,14 +174,6 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             super().on_headers_complete()
         finally:
             self.app, self.limit_concurrency = app, limit
-
-    def on_message_complete(self) -> None:
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-            self._body_timer = None
-        self._in_head = True
-        self._head_bytes = 0
-        super().on_message_complete()
 
     # -- refusing -----------------------------------------------------------------------------------
 
