@@ -48,7 +48,7 @@ PROBE_PATHS = frozenset({b"/v2/health/live", b"/v2/health/ready"})
 
 
 class _TooManyHeaders(Exception):
-    """Raised from the parser's header callback to stop parsing; turned into a 431."""
+    """Raised when the head ends with more header fields than allowed, to stop parsing; answered 431."""
 
 
 def protocol_class(limits: HttpLimits) -> type[LimitedHttpProtocol]:
