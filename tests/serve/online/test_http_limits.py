@@ -20,10 +20,14 @@ def exchange(server: ServerProcess, data: bytes, timeout: float = 60) -> bytes:
     """Send ``data`` on a new connection and read until the server closes it (or ``timeout``)."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as s:
         s.sendall(data)
-        out = b""
-        while chunk := s.recv(65536):
-            out += chunk
-        return out
+        return read_to_close(s)
+
+
+def read_to_close(s: socket.socket) -> bytes:
+    out = b""
+    while chunk := s.recv(65536):
+        out += chunk
+    return out
 
 
 def status_and_error(response: bytes) -> tuple[int, str]:
@@ -104,7 +108,7 @@ def test_half_sent_requests_do_not_lock_out_probes_or_clients(lin_home: Path, st
         assert busy.status_code == 503 and "--max-connections" in busy.json()["error"]
         assert busy.headers["retry-after"] == "1"
         for s in stalled:
-            status, error = status_and_error(s.recv(4096))
+            status, error = status_and_error(read_to_close(s))
             assert status == 408 and "--header-timeout-s" in error
         assert httpx.post(server.url + "/v2/models/lin/infer", json=INFER, timeout=10).status_code == 200
     finally:
