@@ -15,7 +15,7 @@ from joules.errors import ConfigError, EngineUnavailableError, InputError
 from joules.parallel import LlamaShape, TensorParallelDecoder
 from joules.parallel.plan import ShardPlan
 from joules.runtime.generation import StepSequence
-from tests.parallel.conftest import reference_logits
+from tests.parallel.llama import reference_logits
 
 TOL = 1e-4  # fp32; the split only reorders the all-reduce sums
 

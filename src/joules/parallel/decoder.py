@@ -182,14 +182,7 @@ class TensorParallelDecoder:
     # -- lifecycle ------------------------------------------------------------------------------------
 
     def _check_tensors(self) -> None:
-        s = self.shape
-        names = ["model.embed_tokens.weight", "model.norm.weight"]
-        for i in range(s.num_layers):
-            names += [f"model.layers.{i}.self_attn.{p}_proj.weight" for p in "qkvo"]
-            names += [f"model.layers.{i}.mlp.{p}_proj.weight" for p in ("gate", "up", "down")]
-            names += [f"model.layers.{i}.{p}_layernorm.weight" for p in ("input", "post_attention")]
-        for name in names:
-            self.index[name]  # raises BundleError naming what is missing
+        self.index.check(self.shape)
 
     def _transport(self) -> str:
         from joules.parallel.shm import shm_available

@@ -58,13 +58,19 @@ class LlamaShape:
         """Query heads per KV head."""
         return self.num_heads // self.num_kv_heads
 
-    def layer(self, i: int, part: str) -> str:
-        return f"model.layers.{i}.{part}.weight"
+    def required_tensors(self) -> list[str]:
+        """The Hugging Face tensor names a checkpoint of this shape must hold (``lm_head`` may be tied)."""
+        names = ["model.embed_tokens.weight", "model.norm.weight"]
+        for i in range(self.num_layers):
+            names += [f"model.layers.{i}.self_attn.{p}_proj.weight" for p in "qkvo"]
+            names += [f"model.layers.{i}.mlp.{p}_proj.weight" for p in ("gate", "up", "down")]
+            names += [f"model.layers.{i}.{p}_layernorm.weight" for p in ("input", "post_attention")]
+        return names
 
     @classmethod
     def from_config(cls, config: dict[str, Any], source: str = "config.json") -> LlamaShape:
         archs = config.get("architectures") or []
-        if config.get("model_type") != "llama" or not any(a in ARCHITECTURES for a in archs):
+        if config.get("model_type") != "llama" or (archs and not any(a in ARCHITECTURES for a in archs)):
             raise BundleError(
                 f"{source}: model_type {config.get('model_type')!r} / architectures {archs} is not a Llama causal "
                 f"LM; the tensor-parallel decoder runs {list(ARCHITECTURES)}"

@@ -162,7 +162,7 @@ class LlamaShard:
             self.embed = loader.rows([("model.embed_tokens.weight", v0, v1)], h)
             self.lm_head: torch.Tensor | None = None
             if sh.lm_head:
-                tied = s.tie_word_embeddings or "lm_head.weight" not in index
+                tied = s.tie_word_embeddings  # HF ignores a saved lm_head.weight when tied; so do we
                 self.lm_head = self.embed if tied else loader.rows([("lm_head.weight", v0, v1)], h)
             self.weight_bytes = loader.bytes
         finally:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from joules.errors import BundleError
+from joules.parallel.llama import LlamaShape
 
 # safetensors dtype -> (itemsize, numpy dtype the raw bytes are read as). bfloat16 has no numpy dtype:
 # its bytes are read as uint16 and reinterpreted by torch in the rank.
@@ -39,6 +40,7 @@ DTYPES: dict[str, tuple[int, str]] = {
     "U8": (1, "uint8"),
     "BOOL": (1, "bool"),
 }
+FLOAT_DTYPES = ("F32", "F16", "BF16")
 MAX_HEADER = 100 << 20  # the reference implementation's limit too: a larger header is not a safetensors file
 INDEX_FILE = "model.safetensors.index.json"
 
@@ -139,6 +141,34 @@ class WeightIndex:
 
     def __contains__(self, name: str) -> bool:
         return name in self.tensors
+
+    def check(self, shape: LlamaShape) -> None:
+        """Every tensor ``shape`` needs is here with the shape it implies (BundleError naming the first that is not)."""
+        s, d = shape, shape.head_dim
+        want = {
+            "q_proj": (s.num_heads * d, s.hidden_size),
+            "k_proj": (s.num_kv_heads * d, s.hidden_size),
+            "v_proj": (s.num_kv_heads * d, s.hidden_size),
+            "o_proj": (s.hidden_size, s.num_heads * d),
+            "gate_proj": (s.intermediate_size, s.hidden_size),
+            "up_proj": (s.intermediate_size, s.hidden_size),
+            "down_proj": (s.hidden_size, s.intermediate_size),
+            "embed_tokens": (s.vocab_size, s.hidden_size),
+            "lm_head": (s.vocab_size, s.hidden_size),
+        }
+        names = shape.required_tensors() + (["lm_head.weight"] if "lm_head.weight" in self.tensors else [])
+        for name in names:
+            entry = self[name]
+            key = name.split(".")[-2]
+            expected = want.get(key, (s.hidden_size,))
+            if entry.shape != expected:
+                raise BundleError(
+                    f"tensor {name!r} has shape {list(entry.shape)}, but config.json implies {list(expected)}"
+                )
+            if entry.dtype not in FLOAT_DTYPES:
+                raise BundleError(f"tensor {name!r} is {entry.dtype}; the decoder reads {sorted(FLOAT_DTYPES)}")
+        if not s.tie_word_embeddings and "lm_head.weight" not in self.tensors:
+            raise BundleError("config.json says the LM head is not tied, but the weights have no 'lm_head.weight'")
 
     def files(self) -> list[Path]:
         return sorted({e.file for e in self.tensors.values()})
