@@ -54,9 +54,15 @@ def _script(dec: TensorParallelDecoder, model_dir: Path, seed: int = 0) -> int:
 
 @pytest.fixture(scope="module")
 def tp2(tiny_llama: Path) -> Iterator[TensorParallelDecoder]:
-    """2 ranks on shared memory, steps cut at 5 tokens, a memory cap applied by the OS."""
+    """2 ranks on shared memory, forwards cut at 5 tokens and 3 logit rows, a memory cap applied by the OS."""
     with TensorParallelDecoder(
-        tiny_llama, tp=2, num_slots=4, max_model_len=32, max_step_tokens=5, max_worker_memory="1500M"
+        tiny_llama,
+        tp=2,
+        num_slots=4,
+        max_model_len=32,
+        max_step_tokens=5,
+        max_logit_rows=3,
+        max_worker_memory="1500M",
     ) as dec:
         yield dec
 

@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -41,13 +42,14 @@ from joules.errors import ConfigError, EngineUnavailableError, InputError
 from joules.parallel import protocol as P
 from joules.parallel.llama import LlamaShape
 from joules.parallel.memory import format_size, parse_size
-from joules.parallel.plan import DTYPE_SIZES, ShardPlan, check_fits
+from joules.parallel.plan import DTYPE_SIZES, Budget, ShardPlan, check_fits, slots_that_fit
 from joules.parallel.shm import SHM_DIR, create_shm
 from joules.parallel.weights import WeightIndex
 from joules.runtime.generation.decoder import DecoderConfig, StepSequence
 
 log = logging.getLogger("joules.parallel")
 TRANSPORTS = ("auto", "shm", "gloo")
+DEFAULT_SLOTS = 8
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,7 +57,7 @@ class ParallelOptions:
     """How the group is laid out and what each rank may use."""
 
     tp: int = 1
-    num_slots: int = 8
+    num_slots: int | None = None  # None: DEFAULT_SLOTS, or fewer if the memory cap holds fewer
     max_model_len: int | None = None  # default: min(2048, the model's max_position_embeddings)
     max_worker_memory: int | str | None = None  # bytes per rank, or "2200M"
     master_addr: str | None = None  # None: every rank on this machine, on 127.0.0.1
@@ -65,7 +67,8 @@ class ParallelOptions:
     vocab_parallel: bool = True  # embedding and LM head split by vocabulary rows (else replicated)
     dtype: str = "float32"  # weights, activations and KV cache
     threads_per_rank: int | None = None  # default: this machine's cores / local ranks (at least 1)
-    max_step_tokens: int = 512
+    max_step_tokens: int = 512  # tokens per forward: a longer step is cut into several
+    max_logit_rows: int = 64  # rows of logits per forward (all_logits chunks are cut to it)
     chunk_bytes: int = 2 << 20  # shared-memory slot per rank per buffer
     spin_us: float = 20.0  # shared memory: how long a waiting rank spins before sleeping on a futex
     load_timeout_s: float = 900.0
@@ -76,8 +79,10 @@ class ParallelOptions:
     env: dict[str, str] = field(default_factory=dict)  # extra environment for local ranks
 
     def __post_init__(self) -> None:
-        for name in ("tp", "num_slots", "max_step_tokens", "chunk_bytes"):
+        for name in ("tp", "num_slots", "max_step_tokens", "max_logit_rows", "chunk_bytes"):
             v = getattr(self, name)
+            if name == "num_slots" and v is None:
+                continue
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"{name} must be a whole number >= 1, got {v!r}")
         if self.max_worker_memory is not None:
@@ -106,6 +111,19 @@ def _free_port(addr: str) -> int:
     with socket.socket() as s:
         s.bind((addr, 0))
         return int(s.getsockname()[1])
+
+
+def _reap(procs: list[subprocess.Popen[bytes]], fds: tuple[int, ...], shm: Path | None) -> None:
+    """Kill what a decoder dropped without ``close()`` started (its finalizer: it must not hold the decoder)."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    if shm is not None:
+        shm.unlink(missing_ok=True)
 
 
 def _source_dir(source: Any) -> Path:
@@ -160,26 +178,49 @@ class TensorParallelDecoder:
             max_model_len=max_len,
             dtype=opts.dtype,
         )
-        self.num_slots = opts.num_slots
-        if isinstance(opts.max_worker_memory, int):
-            check_fits(
-                self.shape,
-                world_size=opts.tp,
-                cap=opts.max_worker_memory,
-                num_slots=opts.num_slots,
-                max_model_len=max_len,
-                max_step_tokens=opts.max_step_tokens,
-                dtype=opts.dtype,
-                vocab_parallel=opts.vocab_parallel,
-            )
+        self.num_slots = self._fit(max_len)
         self.rank_stats: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._ranks: list[_Rank] = []
         self._failure: str | None = None
         self._closed = False
+        self._finalizer: weakref.finalize[Any, Any] | None = None
         self._start()
 
     # -- lifecycle ------------------------------------------------------------------------------------
+
+    def _budget(self, max_len: int, num_slots: int) -> Budget:
+        o = self.options
+        return Budget(
+            num_slots=num_slots,
+            max_model_len=max_len,
+            max_step_tokens=o.max_step_tokens,
+            max_logit_rows=o.max_logit_rows,
+            dtype=o.dtype,
+        )
+
+    def _fit(self, max_len: int) -> int:
+        """The number of KV slots: as asked, else as many as fit the cap (at most DEFAULT_SLOTS); refuse past it."""
+        o, cap = self.options, self.options.max_worker_memory
+        slots = o.num_slots or DEFAULT_SLOTS
+        if isinstance(cap, int):
+            if o.num_slots is None:
+                fit = slots_that_fit(
+                    self.shape,
+                    world_size=o.tp,
+                    cap=cap,
+                    budget=self._budget(max_len, 1),
+                    vocab_parallel=o.vocab_parallel,
+                )
+                slots = max(1, min(slots, fit))
+            check_fits(
+                self.shape,
+                world_size=o.tp,
+                cap=cap,
+                budget=self._budget(max_len, slots),
+                vocab_parallel=o.vocab_parallel,
+            )
+        return slots
 
     def _check_tensors(self) -> None:
         self.index.check(self.shape)
@@ -270,6 +311,9 @@ class TensorParallelDecoder:
         finally:
             os.close(to_rank0_r)
             os.close(from_rank0_w)
+        self._finalizer = weakref.finalize(
+            self, _reap, [r.proc for r in self._ranks], (self._to_rank0, self._from_rank0), self._shm
+        )
         log.info(
             "tensor-parallel: %d ranks (%d here, transport %s, %d threads each), master %s:%d",
             opts.tp,
@@ -332,6 +376,8 @@ class TensorParallelDecoder:
                 os.close(fd)
         if self._shm is not None:
             self._shm.unlink(missing_ok=True)
+        if self._finalizer is not None:
+            self._finalizer.detach()
         if self._failure is None:
             self._failure = "the tensor-parallel decoder was closed"
 
@@ -441,27 +487,30 @@ class TensorParallelDecoder:
         if not seqs:
             return []
         self._validate(seqs)
-        budget = self.options.max_step_tokens
+        budget, row_budget = self.options.max_step_tokens, self.options.max_logit_rows
         vocab = self.config.vocab_size
         pieces: list[list[np.ndarray]] = [[] for _ in seqs]
-        # Cut the step into forwards of at most ``budget`` tokens; a sequence's chunks stay in order.
+        # Cut the step into forwards of at most ``budget`` tokens and ``row_budget`` logit rows; a sequence's
+        # chunks stay in order (each forward appends to the slots what the previous one left).
         todo = [(i, 0) for i in range(len(seqs))]
         with self._lock:
             while todo:
-                parts, toks, asked, left, nxt = [], [], [], budget, []
+                parts, toks, asked, nxt = [], [], [], []
+                left, rows_left = budget, row_budget
                 for i, off in todo:
                     s = seqs[i]
                     tokens = np.asarray(s.tokens, dtype=np.int64).reshape(-1)
-                    if left == 0:
+                    n = min(left, tokens.size - off, rows_left if s.all_logits else left)
+                    if n == 0 or (not s.all_logits and off + n == tokens.size and rows_left == 0):
                         nxt.append((i, off))
                         continue
-                    n = min(left, tokens.size - off)
                     last = off + n == tokens.size
                     mode = 2 if s.all_logits else (1 if last else 0)
                     parts.append((s.slot, s.start + off, n, mode))
                     toks.append(tokens[off : off + n])
                     asked.append((i, mode, n))
                     left -= n
+                    rows_left -= n if mode == 2 else mode
                     if not last:
                         nxt.append((i, off + n))
                 body = self._call(P.encode_step(parts, np.concatenate(toks)), "a step")

@@ -13,7 +13,7 @@ logits) or replicated.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from joules.errors import ConfigError
 from joules.parallel.llama import LlamaShape
@@ -21,8 +21,9 @@ from joules.parallel.memory import format_size
 
 # What a rank holds besides weights, KV cache and step activations, as RLIMIT_DATA counts it (VmData):
 # the interpreter, torch's libraries' writable data and allocator pools, gloo's threads and their
-# stacks. Measured here (torch 2.13 CPU, 3 ranks of the 3.3 GB model): about 330 MiB; the rest is margin.
-RUNTIME_BYTES = 448 << 20
+# stacks. Measured (benchmarks/parallel/memory.py; torch 2.13 CPU, 3 ranks of the 3.3 GB model):
+# VmData - weights - KV cache = 252 MiB after loading; the rest is margin.
+RUNTIME_BYTES = 320 << 20
 DTYPE_SIZES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
@@ -110,57 +111,69 @@ class ShardPlan:
         head = sh.vocab_size * h if (sh.lm_head and not s.tie_word_embeddings) else 0
         return s.num_layers * per_layer + h + embed + head
 
-    def kv_bytes(self, rank: int, *, num_slots: int, max_model_len: int, itemsize: int) -> int:
+    def kv_bytes(self, rank: int, budget: Budget) -> int:
         s = self.shape
-        return 2 * s.num_layers * num_slots * self.shards[rank].num_kv_heads * max_model_len * s.head_dim * itemsize
+        per_token = 2 * s.num_layers * self.shards[rank].num_kv_heads * s.head_dim * budget.itemsize
+        return per_token * budget.num_slots * budget.max_model_len
 
-    def step_bytes(self, rank: int, *, max_step_tokens: int, max_model_len: int, itemsize: int) -> int:
-        """Activations of the largest step: hidden states, MLP, one chunk's attention scores, logits.
+    def step_bytes(self, rank: int, budget: Budget) -> int:
+        """Activations of the largest forward: hidden states, MLP, one chunk's attention scores, logits.
 
-        Rank 0 also holds the gathered logits and their copy for the pipe.
+        The decoder cuts steps at ``max_step_tokens`` tokens and ``max_logit_rows``
+        rows of logits; rank 0 also holds the gathered rows and their copy for the pipe.
         """
-        s, sh, t = self.shape, self.shards[rank], max_step_tokens
+        s, sh, t, rows = self.shape, self.shards[rank], budget.max_step_tokens, budget.max_logit_rows
         hidden = t * (10 * s.hidden_size + 3 * sh.ffn_size + (sh.num_heads + 2 * sh.num_kv_heads) * s.head_dim)
-        scores = sh.num_heads * t * max_model_len
-        logits = t * self.vocab_chunk * (self.world_size if sh.lm_head else 0)
+        scores = sh.num_heads * t * budget.max_model_len
+        logits = rows * self.vocab_chunk * (self.world_size if sh.lm_head else 0)
         if rank == 0:
-            logits += 2 * t * s.vocab_size
-        return (hidden + scores + logits) * itemsize
+            logits += 2 * rows * s.vocab_size
+        return (hidden + scores + logits) * budget.itemsize
 
-    def rank_bytes(
-        self, rank: int, *, num_slots: int, max_model_len: int, max_step_tokens: int, dtype: str
-    ) -> dict[str, int]:
-        size = DTYPE_SIZES[dtype]
+    def rank_bytes(self, rank: int, budget: Budget) -> dict[str, int]:
+        """What ``rank`` reserves, by part, and the total the cap must hold."""
         parts = {
-            "weights": self.weight_elements(rank) * size,
-            "kv_cache": self.kv_bytes(rank, num_slots=num_slots, max_model_len=max_model_len, itemsize=size),
-            "activations": self.step_bytes(
-                rank, max_step_tokens=max_step_tokens, max_model_len=max_model_len, itemsize=size
-            ),
+            "weights": self.weight_elements(rank) * budget.itemsize,
+            "kv_cache": self.kv_bytes(rank, budget),
+            "activations": self.step_bytes(rank, budget),
             "runtime": RUNTIME_BYTES,
         }
         parts["total"] = sum(parts.values())
         return parts
 
+    def largest_rank(self, budget: Budget) -> dict[str, int]:
+        return max((self.rank_bytes(r, budget) for r in range(self.world_size)), key=lambda p: p["total"])
 
-def check_fits(
-    shape: LlamaShape,
-    *,
-    world_size: int,
-    cap: int,
-    num_slots: int,
-    max_model_len: int,
-    max_step_tokens: int,
-    dtype: str,
-    vocab_parallel: bool,
-) -> None:
+
+@dataclass(frozen=True, kw_only=True)
+class Budget:
+    """What a rank must make room for besides its weights."""
+
+    num_slots: int
+    max_model_len: int
+    max_step_tokens: int
+    max_logit_rows: int
+    dtype: str = "float32"
+
+    @property
+    def itemsize(self) -> int:
+        return DTYPE_SIZES[self.dtype]
+
+
+def slots_that_fit(shape: LlamaShape, *, world_size: int, cap: int, budget: Budget, vocab_parallel: bool) -> int:
+    """How many KV slots of ``budget.max_model_len`` fit every rank under ``cap`` (0 if none)."""
+    plan = ShardPlan(shape=shape, world_size=world_size, vocab_parallel=vocab_parallel)
+    one = replace(budget, num_slots=1)
+    spare = min(cap - (plan.rank_bytes(r, one)["total"] - plan.kv_bytes(r, one)) for r in range(world_size))
+    per_slot = max(plan.kv_bytes(r, one) for r in range(world_size))
+    return max(0, spare // per_slot)
+
+
+def check_fits(shape: LlamaShape, *, world_size: int, cap: int, budget: Budget, vocab_parallel: bool) -> None:
     """Raise ConfigError, naming the sizes and a ``--tensor-parallel N`` that fits, if a rank would pass ``cap``."""
 
     def worst(n: int) -> dict[str, int]:
-        plan = ShardPlan(shape=shape, world_size=n, vocab_parallel=vocab_parallel)
-        budget = {"num_slots": num_slots, "max_model_len": max_model_len, "max_step_tokens": max_step_tokens}
-        sizes = [plan.rank_bytes(r, dtype=dtype, **budget) for r in range(n)]
-        return max(sizes, key=lambda p: p["total"])
+        return ShardPlan(shape=shape, world_size=n, vocab_parallel=vocab_parallel).largest_rank(budget)
 
     need = worst(world_size)
     if need["total"] <= cap:
@@ -169,7 +182,7 @@ def check_fits(
     what = "unsplit" if world_size == 1 else f"split {world_size} ways"
     msg = (
         f"the model does not fit the per-rank memory cap of {format_size(cap)} {what}: its largest rank needs "
-        f"{format_size(need['total'])} ({detail})"
+        f"{format_size(need['total'])} ({detail}; {budget.num_slots} KV slots of {budget.max_model_len} tokens)"
     )
     for n in range(world_size + 1, shape.num_kv_heads + 1):
         other = worst(n)
