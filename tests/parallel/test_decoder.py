@@ -172,3 +172,55 @@ def test_a_cap_too_small_is_refused_before_any_rank_starts(tiny_llama: Path) -> 
         TensorParallelDecoder(tiny_llama, tp=1, max_worker_memory="100M")
     assert "raise --max-worker-memory" in str(e.value)
     assert time.monotonic() - t0 < 5  # no rank was started
+
+
+def test_a_rank_killed_mid_step_fails_that_step_and_restart_brings_the_group_back(tiny_llama: Path) -> None:
+    import threading
+
+    dec = TensorParallelDecoder(tiny_llama, tp=2, num_slots=2, max_model_len=32)
+    try:
+        seq = [StepSequence(slot=0, start=0, tokens=np.arange(1, 9), all_logits=True)]
+        want = dec.step(seq)[0]
+        victim = dec.pids[1]
+        os.kill(victim, signal.SIGSTOP)  # rank 0 will wait for it inside the step's first all-reduce
+        box: dict[str, object] = {}
+
+        def call() -> None:
+            try:
+                dec.step(seq)
+                box["result"] = "answered"
+            except EngineUnavailableError as e:
+                box["result"] = e
+
+        th = threading.Thread(target=call)
+        th.start()
+        th.join(1.0)
+        assert th.is_alive()  # in flight, waiting for the stopped rank
+        os.kill(victim, signal.SIGKILL)
+        th.join(20)
+        assert not th.is_alive() and isinstance(box["result"], EngineUnavailableError)
+        assert "killed by signal 9" in str(box["result"])
+        assert not dec.healthy
+        dec.restart()
+        assert dec.healthy and dec.pids[1] != victim
+        np.testing.assert_array_equal(dec.step(seq)[0], want)
+    finally:
+        dec.close()
+
+
+def test_the_caller_never_imports_torch(tiny_llama: Path) -> None:
+    import subprocess
+    import sys
+
+    code = "\n".join(
+        [
+            "import sys, numpy as np",
+            "from joules.parallel import TensorParallelDecoder",
+            "from joules.runtime.generation import StepSequence",
+            f"with TensorParallelDecoder({str(tiny_llama)!r}, tp=2, num_slots=1, max_model_len=16) as d:",
+            "    d.step([StepSequence(slot=0, start=0, tokens=np.arange(4))])",
+            "print(sorted(m for m in ('torch', 'transformers', 'safetensors') if m in sys.modules))",
+        ]
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.strip() == "[]"
