@@ -54,6 +54,24 @@ class Communicator(Protocol):
     def close(self) -> None: ...
 
 
+class SoloCommunicator:
+    """One rank: every collective is the identity (``--tensor-parallel 1``, the unsplit reference)."""
+
+    rank, world_size = 0, 1
+
+    def all_reduce(self, t: torch.Tensor) -> None:
+        """A sum over one rank is its input."""
+
+    def broadcast_bytes(self, data: bytes | None, *, idle: bool = False) -> bytes:
+        return data or b""
+
+    def gather(self, t: torch.Tensor) -> list[torch.Tensor] | None:
+        return [t]
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
 class TorchCommunicator:
     """torch.distributed collectives over the default process group (gloo on CPU, NCCL on CUDA)."""
 

@@ -38,7 +38,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from joules.errors import ConfigError, EngineUnavailableError, InputError
+from joules.errors import ConfigError, EngineUnavailableError, InputError, require
 from joules.parallel import protocol as P
 from joules.parallel.llama import LlamaShape
 from joules.parallel.memory import format_size, parse_size
@@ -162,6 +162,7 @@ class TensorParallelDecoder:
 
     def __init__(self, source: Any, **options: Any) -> None:
         self.options = opts = ParallelOptions(**options)
+        require("torch", "parallel")  # the ranks import it; this process never does
         self.source = _source_dir(source)
         self.shape = LlamaShape.read(self.source)
         self.index = WeightIndex.from_directory(self.source)
@@ -230,7 +231,8 @@ class TensorParallelDecoder:
 
         t = self.options.transport
         if t == "auto":
-            return "shm" if self.options.ranks_here == self.options.tp and shm_available() else "gloo"
+            alone = self.options.tp == 1
+            return "shm" if not alone and self.options.ranks_here == self.options.tp and shm_available() else "gloo"
         return t
 
     def _start(self) -> None:

@@ -133,7 +133,7 @@ class Rank:
         return [json.loads(bytes(t.numpy().tobytes()).rstrip(b"\0") or b"{}") for t in out]
 
     def _serve(self, torch: Any, dist: Any, device: Any) -> int:
-        from joules.parallel.comm import ShmCommunicator, TorchCommunicator
+        from joules.parallel.comm import ShmCommunicator, SoloCommunicator, TorchCommunicator
         from joules.parallel.model import LlamaShard, StepPart
 
         boot = TorchCommunicator(device=torch.device("cpu"))
@@ -153,7 +153,9 @@ class Rank:
             plan = ShardPlan(shape=shape, world_size=self.world_size, vocab_parallel=opts["vocab_parallel"])
             if opts.get("cap"):
                 self.cap = apply_cap(int(opts["cap"]), name=f"joules-tp-{os.getpid()}")
-            if opts["transport"] == "shm":
+            if self.world_size == 1:
+                comm = SoloCommunicator()
+            elif opts["transport"] == "shm" and device.type == "cpu":  # tensors on GPUs go through NCCL
                 comm = ShmCommunicator(
                     Path(opts["shm_path"]),
                     rank=self.rank,
