@@ -110,6 +110,23 @@ def rope_inv_freq(shape: LlamaShape) -> tuple[torch.Tensor, float]:
     return inv, 1.0
 
 
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A zeroed KV cache that becomes resident only where it is used.
+
+    On the CPU ``torch.zeros`` writes every page; numpy's zeros come from
+    calloc, i.e. fresh anonymous pages the kernel zero-fills on first touch, so
+    a rank's resident memory grows with the tokens actually cached (the cap
+    still counts all of it: RLIMIT_DATA bounds what is reserved). Zeros, not
+    garbage: a masked position still enters the attention product, and a NaN
+    there would survive the mask.
+    """
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    raw = np.zeros(shape, dtype=np.int16 if dtype == torch.bfloat16 else str(dtype).removeprefix("torch."))
+    t = torch.from_numpy(raw)
+    return t.view(torch.bfloat16) if dtype == torch.bfloat16 else t
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     h = x.shape[-1] // 2
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
@@ -168,8 +185,7 @@ class LlamaShard:
         finally:
             loader.close()
         kv = (s.num_layers, num_slots, sh.num_kv_heads, max_model_len, d)
-        self.k_cache = torch.zeros(kv, dtype=self.dtype, device=device)
-        self.v_cache = torch.zeros(kv, dtype=self.dtype, device=device)
+        self.k_cache, self.v_cache = _zeros(kv, self.dtype, device), _zeros(kv, self.dtype, device)
         self.kv_bytes = 2 * self.k_cache.numel() * self.k_cache.element_size()
         if device.type != "cpu":
             for name in ("qkv", "o", "gate_up", "down", "ln_in", "ln_post"):
