@@ -239,11 +239,12 @@ class Rank:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m joules.parallel.worker", description=__doc__.splitlines()[0])
+    env = os.environ  # launchers that set RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT (srun, mpirun scripts)
     p.add_argument("--model", type=Path, required=True, help="the model directory (config.json + safetensors)")
-    p.add_argument("--rank", type=int, required=True)
-    p.add_argument("--world-size", type=int, required=True)
-    p.add_argument("--master-addr", default="127.0.0.1")
-    p.add_argument("--master-port", type=int, required=True)
+    p.add_argument("--rank", type=int, default=env.get("RANK"), required="RANK" not in env)
+    p.add_argument("--world-size", type=int, default=env.get("WORLD_SIZE"), required="WORLD_SIZE" not in env)
+    p.add_argument("--master-addr", default=env.get("MASTER_ADDR", "127.0.0.1"))
+    p.add_argument("--master-port", type=int, default=env.get("MASTER_PORT"), required="MASTER_PORT" not in env)
     p.add_argument("--control", help="rank 0: READ_FD,WRITE_FD of the pipes to the caller")
     p.add_argument("--options", help="rank 0: the group's options (JSON)")
     return p
