@@ -43,7 +43,7 @@ from joules.parallel import protocol as P
 from joules.parallel.llama import LlamaShape
 from joules.parallel.memory import format_size, parse_size
 from joules.parallel.plan import DTYPE_SIZES, Budget, ShardPlan, check_fits, slots_that_fit
-from joules.parallel.shm import SHM_DIR, create_shm
+from joules.parallel.shm import SHM_DIR, create_shm, shm_available
 from joules.parallel.weights import WeightIndex
 from joules.runtime.generation.decoder import DecoderConfig, StepSequence
 
@@ -167,7 +167,7 @@ class TensorParallelDecoder:
         self.shape = LlamaShape.read(self.source)
         self.index = WeightIndex.from_directory(self.source)
         self.plan = ShardPlan(shape=self.shape, world_size=opts.tp, vocab_parallel=opts.vocab_parallel)
-        self._check_tensors()
+        self.index.check(self.shape)  # every tensor named and shaped as config.json says, from the headers
         max_len = opts.max_model_len or min(2048, self.shape.max_position_embeddings)
         self.config = DecoderConfig(
             vocab_size=self.shape.vocab_size,
@@ -223,12 +223,7 @@ class TensorParallelDecoder:
             )
         return slots
 
-    def _check_tensors(self) -> None:
-        self.index.check(self.shape)
-
     def _transport(self) -> str:
-        from joules.parallel.shm import shm_available
-
         t = self.options.transport
         if t == "auto":
             alone = self.options.tp == 1
@@ -363,8 +358,9 @@ class TensorParallelDecoder:
         polite = self._failure is None and self._lock.acquire(timeout=0.5)
         try:
             if polite:
-                with contextlib.suppress(OSError):
-                    self._send(P.encode_op(P.OP_CLOSE))
+                # A rank already gone or not reading is stopped below either way.
+                with contextlib.suppress(OSError, EngineUnavailableError):
+                    self._send(P.encode_op(P.OP_CLOSE), time.monotonic() + 2.0)
         finally:
             if polite:
                 self._lock.release()
@@ -427,10 +423,17 @@ class TensorParallelDecoder:
 
     # -- pipes ----------------------------------------------------------------------------------------
 
-    def _send(self, msg: bytes) -> None:
+    def _send(self, msg: bytes, deadline: float | None = None) -> None:
+        """Write a request; a rank 0 that stops reading (stopped, hung) is caught like a silent one."""
         view = memoryview(np.int64(len(msg)).tobytes() + msg)
         while view:
-            view = view[os.write(self._to_rank0, view) :]
+            _, ready, _ = select.select([], [self._to_rank0], [], self.options.poll_s)
+            if not ready:
+                self._check_ranks()
+                if deadline is not None and time.monotonic() > deadline:
+                    self._fail("tensor-parallel rank 0 stopped reading its requests")
+                continue
+            view = view[os.write(self._to_rank0, view[: select.PIPE_BUF]) :]
 
     def _read(self, n: int, deadline: float, what: str) -> bytearray:
         out = bytearray(n)
@@ -455,12 +458,13 @@ class TensorParallelDecoder:
 
     def _call(self, msg: bytes, what: str) -> bytes:
         self._check_ranks()
+        deadline = time.monotonic() + self.options.step_timeout_s
         try:
-            self._send(msg)
+            self._send(msg, deadline)
         except BrokenPipeError:
             self._check_ranks()
             self._fail("tensor-parallel rank 0 is gone")
-        status, body = self._receive(time.monotonic() + self.options.step_timeout_s, what)
+        status, body = self._receive(deadline, what)
         if status != P.STATUS_OK:
             self._fail(body.decode("utf-8", "replace"))
         return body
