@@ -74,7 +74,13 @@ class Bundle:
         for role, rel in spec.files.items():
             if not (self.path / rel).is_file():
                 raise BundleError(f"bundle {str(self.path)!r}: the {role} file {rel!r} named in {SPEC_FILE} is missing")
-        if check_model:
+        if spec.generation is not None and spec.generation.weights_only:
+            for role in ("weights_config", "weights"):
+                if role not in spec.files:
+                    raise BundleError(
+                        f"bundle {str(self.path)!r}: a weights-only bundle names its {role} file in {SPEC_FILE} files"
+                    )
+        elif check_model:
             self._check_graph()
 
     def _check_graph(self) -> None:
