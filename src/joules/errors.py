@@ -83,6 +83,10 @@ class EngineUnavailableError(JoulesError):
     """A model engine can no longer run (a tensor-parallel rank died); requests fail fast until it is back."""
 
 
+class RankTimeoutError(EngineUnavailableError):
+    """A tensor-parallel peer did not reach a collective in time (it died, or hangs)."""
+
+
 # -- the HTTP edge ---------------------------------------------------------------------------------
 
 
@@ -96,6 +100,30 @@ class PayloadTooLargeError(JoulesError):
 
 class UnsupportedMediaError(JoulesError):
     """A Content-Encoding the server cannot decode."""
+
+
+class MalformedRequestError(JoulesError):
+    """The bytes a client sent are not a valid HTTP/1.1 request."""
+
+
+class HeaderTooLargeError(JoulesError):
+    """A request's line and headers are over the size or count limit."""
+
+
+class TooManyHeadersError(HeaderTooLargeError):
+    """Raised inside the HTTP parser when a head has more header fields than allowed, to stop parsing."""
+
+
+class RequestTimeoutError(JoulesError):
+    """A request's headers or body did not arrive within the time allowed."""
+
+
+class ModelLoadError(JoulesError):
+    """A model version could not be loaded; the message says which and why."""
+
+
+class RepositoryControlError(JoulesError):
+    """Loading or unloading models through the HTTP repository API is not enabled on this server."""
 
 
 class ModelNotReadyError(JoulesError):

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from joules.bundle.generation import GenerationSpec
 from joules.decide import RuleSet
 from joules.errors import BundleError
 
@@ -28,6 +29,7 @@ TOKENIZER_INPUTS = {"input_ids": "ids", "attention_mask": "attention_mask", "tok
 class Task(StrEnum):
     TEXT_CLASSIFICATION = "text-classification"
     CLASSIFICATION = "classification"  # numeric tensors in, classes out
+    TEXT_GENERATION = "text-generation"  # a causal language model: text in, text out (generation.py)
 
 
 class Activation(StrEnum):
@@ -110,6 +112,8 @@ class BundleSpec:
     # Optional files with a role: "weights" (config.json + model.safetensors for fine-tuning),
     # "dataset" (the split the metrics were measured on).
     files: dict[str, str] = field(default_factory=dict)
+    # text-generation only: the decoder's shape, context length, special tokens, chat template.
+    generation: GenerationSpec | None = None
     format: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -122,6 +126,15 @@ class BundleSpec:
             )
         if self.task is Task.TEXT_CLASSIFICATION and self.preprocess.kind != "text":
             raise BundleError("a text-classification bundle needs preprocess.kind: text")
+        if self.task is Task.TEXT_GENERATION:
+            if self.generation is None:
+                raise BundleError("a text-generation bundle needs a generation section (see docs/generate.md)")
+            if self.preprocess.kind != "text":
+                raise BundleError("a text-generation bundle needs preprocess.kind: text (its tokenizer)")
+            if self.rules is not None:
+                raise BundleError("a text-generation bundle cannot carry decision rules: its output is text")
+        elif self.generation is not None:
+            raise BundleError(f"a {self.task} bundle cannot have a generation section (only text-generation)")
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -139,6 +152,7 @@ class BundleSpec:
         d["postprocess"]["labels"] = list(self.postprocess.labels)
         d["inputs"] = [{**asdict(i), "shape": list(i.shape)} for i in self.inputs]
         d["lineage"] = list(self.lineage)
+        d["generation"] = self.generation.to_dict() if self.generation is not None else None
         order = [
             "format",
             "name",
@@ -152,6 +166,8 @@ class BundleSpec:
             "lineage",
             "metrics",
         ]
+        if self.generation is not None:
+            order.insert(order.index("rules"), "generation")
         return {k: d[k] for k in order}
 
     def write(self, directory: Path) -> Path:
@@ -167,8 +183,10 @@ class BundleSpec:
             inputs = tuple(TensorSpec(**i) for i in data.get("inputs") or [])
             pre = Preprocess(**(data.get("preprocess") or {}))
             post = Postprocess(**data["postprocess"])
-            rest = {k: v for k, v in data.items() if k not in ("inputs", "preprocess", "postprocess")}
-            return cls(inputs=inputs, preprocess=pre, postprocess=post, **rest)
+            gen = data.get("generation")
+            generation = GenerationSpec.from_dict(gen) if gen is not None else None
+            rest = {k: v for k, v in data.items() if k not in ("inputs", "preprocess", "postprocess", "generation")}
+            return cls(inputs=inputs, preprocess=pre, postprocess=post, generation=generation, **rest)
         except KeyError as e:
             raise BundleError(f"{source}: missing required field {e.args[0]!r}") from e
         except TypeError as e:

@@ -89,10 +89,48 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
         "--max-connections",
         type=int,
         default=d("max_connections"),
-        help="open connections before 503 (default %(default)s)",
+        help="open connections before 503; health probes are still answered (default %(default)s)",
     )
     p.add_argument(
         "--threads", type=int, default=d("threads"), help="ONNX Runtime threads per instance (0: cores / instances)"
+    )
+    limit = p.add_argument_group("limits on what a client may send (docs/online.md#limits)")
+    limit.add_argument(
+        "--max-header-kb",
+        type=float,
+        default=d("max_header_kb"),
+        help="request line and headers, KiB: 431 beyond (default %(default)g)",
+    )
+    limit.add_argument(
+        "--max-headers",
+        type=int,
+        default=d("max_headers"),
+        help="header fields per request: 431 beyond (default %(default)s)",
+    )
+    limit.add_argument(
+        "--header-timeout-s",
+        type=float,
+        default=d("header_timeout_s"),
+        help="time for a request's line and headers to arrive: 408 and close after (default %(default)g)",
+    )
+    limit.add_argument(
+        "--body-timeout-s",
+        type=float,
+        default=d("body_timeout_s"),
+        help="time for a declared body to arrive after the headers: 408 and close after (default %(default)g)",
+    )
+    limit.add_argument(
+        "--keep-alive-s",
+        type=float,
+        default=d("keep_alive_s"),
+        help="an idle connection between requests is closed after this (default %(default)g)",
+    )
+    p.add_argument(
+        "--model-control",
+        choices=["none", "explicit"],
+        default=d("model_control"),
+        help="'explicit': allow POST /v2/repository/models/NAME/load and /unload (behind the API key when one is "
+        "set); 'none': refuse them with 403 (default %(default)s)",
     )
     p.add_argument(
         "--spin-us",
@@ -143,6 +181,12 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         providers=providers,
         access_log=args.access_log,
         max_text_bytes=args.max_text_bytes,
+        max_header_kb=args.max_header_kb,
+        max_headers=args.max_headers,
+        header_timeout_s=args.header_timeout_s,
+        body_timeout_s=args.body_timeout_s,
+        keep_alive_s=args.keep_alive_s,
+        model_control=args.model_control,
     )
 
 

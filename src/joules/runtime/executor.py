@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from joules.errors import BundleError
 from joules.runtime.options import AUTO_PROVIDERS, RuntimeOptions
 
 __all__ = ["GRAPH_LEVELS", "ORT_TYPES", "OnnxExecutor", "RuntimeOptions", "choose_providers", "session_options"]
@@ -59,9 +60,14 @@ class OnnxExecutor:
     def __init__(self, model_path: Path, options: RuntimeOptions) -> None:
         self.model_path = model_path
         self.options = options
-        self.session = ort.InferenceSession(
-            str(model_path), session_options(options), providers=choose_providers(options)
-        )
+        try:
+            self.session = ort.InferenceSession(
+                str(model_path), session_options(options), providers=choose_providers(options)
+            )
+        # ONNX Runtime raises its own classes (Fail, InvalidGraph, NoSuchFile...) for a model it cannot
+        # load: say which file and why, as joules' error, so that no caller shows a traceback for it.
+        except Exception as e:
+            raise BundleError(f"ONNX Runtime cannot load {str(model_path)!r}: {e}") from e
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.outputs = [o.name for o in self.session.get_outputs()]
 

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import sys
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,9 +80,42 @@ def _need(path: Path, header: Sequence[str], columns: Mapping[str, str]) -> None
         )
 
 
+class _Lines:
+    """The file's lines for ``csv.reader``, keeping those of the record being read, so that a record
+    that runs into the next lines (an unterminated quote) can be reported and its lines read again."""
+
+    def __init__(self, f: Iterator[str]) -> None:
+        self.f = f
+        self.again: deque[tuple[int, str]] = deque()
+        self.record: list[tuple[int, str]] = []
+        self.number = 0  # of the last line read from the file
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        if self.again:
+            item = self.again.popleft()
+        else:
+            item = (self.number + 1, next(self.f))
+            self.number += 1
+        self.record.append(item)
+        return item[1]
+
+    def retry_after_first(self) -> int:
+        """Hand the current record's lines after its first one out again; return the first one's number."""
+        first, rest = self.record[0], self.record[1:]
+        self.again.extendleft(reversed(rest))
+        self.record = []
+        return first[0]
+
+
 def _read_csv(path: Path, columns: dict[str, str], id_column: str, skip: int) -> Iterator[Row]:
     with path.open(encoding="utf-8", errors="surrogateescape", newline="") as f:
-        reader = csv.reader(f)
+        lines = _Lines(f)
+        # strict: a quote that is not closed where a field ends is an error, not a field that swallows
+        # the next lines (the rows after it) up to the next quote.
+        reader = csv.reader(lines, strict=True)
         try:
             header = next(reader)
         except StopIteration:
@@ -94,18 +128,26 @@ def _read_csv(path: Path, columns: dict[str, str], id_column: str, skip: int) ->
         k = header.index(id_column) if id_column in header else None
         index = 0
         while True:
+            lines.record = []
             try:
                 fields = next(reader)
             except StopIteration:
                 return
             except csv.Error as e:
+                # The record's first line is the bad one; the lines it ran into are rows of their own.
+                spanned, last = len(lines.record), lines.record[-1][0] if lines.record else lines.number
+                line = lines.retry_after_first() if lines.record else lines.number
+                reader = csv.reader(lines, strict=True)
                 if index >= skip:
-                    yield Row(index, index, None, f"malformed CSV line: {e}", reader.line_num)
+                    unterminated = spanned > 1 or "end of data" in str(e)
+                    why = f"an unterminated quote (its field ran on to line {last})" if unterminated else e
+                    yield Row(index, index, None, f"malformed CSV line: {why}", line)
                 index += 1
                 continue
             if not fields:
                 continue  # blank line: not a row
             if index >= skip:
+                line = lines.record[-1][0] if lines.record else lines.number
                 row_id = fields[k] if k is not None and k < len(fields) else index
                 if len(fields) != len(header):
                     yield Row(
@@ -113,12 +155,12 @@ def _read_csv(path: Path, columns: dict[str, str], id_column: str, skip: int) ->
                         row_id,
                         None,
                         f"malformed CSV line: {len(fields)} fields, the header has {len(header)}",
-                        reader.line_num,
+                        line,
                     )
                 elif isinstance(row_id, str) and _bad_utf8(row_id):
-                    yield Row(index, index, None, invalid_utf8(id_column), reader.line_num)
+                    yield Row(index, index, None, invalid_utf8(id_column), line)
                 else:
-                    yield Row(index, row_id, {name: fields[i] for name, i in at.items()}, None, reader.line_num)
+                    yield Row(index, row_id, {name: fields[i] for name, i in at.items()}, None, line)
             index += 1
 
 
@@ -239,8 +281,27 @@ class JsonlWriter(_AppendWriter):
         self.text.write("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
 
 
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def _int64(value: Any) -> bool:
+    return value is None or (type(value) is int and INT64[0] <= value <= INT64[1])
+
+
+def _id_text(value: Any) -> str | None:
+    """An id as Parquet stores it when the ids are not all int64: strings as they are, others as JSON."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
 class ParquetWriter:
-    """One part file per chunk in ``<output>.parts/``; merged into one file at the end."""
+    """One part file per chunk in ``<output>.parts/``; merged into one file at the end.
+
+    The id column (the first) is int64 when every id of the job is a whole number within int64, and
+    strings otherwise (ids from JSONL may mix types, or exceed int64): a part whose ids are not all
+    int64 stores them as strings, and the merge turns every part's ids into strings then.
+    """
 
     def __init__(self, parts_dir: Path, parts_done: int, columns: list[str]) -> None:
         self.dir = parts_dir
@@ -260,7 +321,11 @@ class ParquetWriter:
         import pyarrow.parquet as pq
 
         if self.pending:
-            table = pa.Table.from_pylist(self.pending)
+            key = self.columns[0]
+            rows = self.pending
+            if not all(_int64(r.get(key)) for r in rows):
+                rows = [{**r, key: _id_text(r.get(key))} for r in rows]
+            table = pa.Table.from_pylist(rows)
             tmp = self.dir / f"part-{self.parts:06d}.parquet.tmp"
             pq.write_table(table, tmp)
             with tmp.open("rb") as f:
@@ -275,20 +340,20 @@ class ParquetWriter:
         self.pending = []
 
     def finish(self, final: Path) -> None:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         parts = sorted(self.dir.glob("part-*.parquet"))
         tmp = final.with_name(final.name + ".tmp")
+        schema = self._merged_schema(parts)
         writer = None
         try:
             for part in parts:
                 table = pq.read_table(part)
                 if writer is None:
-                    writer = pq.ParquetWriter(tmp, table.schema)
-                writer.write_table(table.cast(writer.schema) if table.schema != writer.schema else table)
+                    writer = pq.ParquetWriter(tmp, schema)
+                writer.write_table(table.cast(schema) if table.schema != schema else table)
             if writer is None:  # no scored rows at all: an empty file with the result columns
-                import pyarrow as pa
-
                 pq.write_table(pa.table({c: pa.array([], pa.string()) for c in self.columns}), tmp)
         finally:
             if writer is not None:
@@ -296,3 +361,22 @@ class ParquetWriter:
         os.replace(tmp, final)
         shutil.rmtree(self.dir)
         _fsync_dir(final.parent)
+
+    def _merged_schema(self, parts: Sequence[Path]) -> Any:
+        """One schema for every part: nulls promoted to the type found elsewhere, ids as strings when any
+        part holds them as strings."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not parts:
+            return None
+        schemas = [pq.read_schema(p) for p in parts]
+        key = self.columns[0]
+        if any(
+            key in s.names and not (pa.types.is_integer(s.field(key).type) or pa.types.is_null(s.field(key).type))
+            for s in schemas
+        ):
+            schemas = [
+                s.set(s.get_field_index(key), pa.field(key, pa.string())) if key in s.names else s for s in schemas
+            ]
+        return pa.unify_schemas(schemas, promote_options="permissive")

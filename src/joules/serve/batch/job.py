@@ -30,6 +30,7 @@ from joules.errors import DataError
 from joules.meter import Cost, job_cost
 from joules.runtime import Prediction, Predictor
 from joules.serve.batch.config import BatchConfig
+from joules.serve.batch.files import JobFiles
 from joules.serve.batch.io import CsvWriter, JsonlWriter, ParquetWriter, ResultWriter, Row, detect_format, read_rows
 
 CHECKPOINT_VERSION = 1
@@ -88,11 +89,12 @@ class BatchJob:
         self.cfg = config
         self.in_fmt = detect_format(config.input, config.input_format)
         self.out_fmt = detect_format(config.output, config.output_format)
-        out = config.output
-        self.checkpoint_path = out.with_name(out.name + ".checkpoint.json")
-        self.partial = out.with_name(out.name + (".parts" if self.out_fmt == "parquet" else ".partial"))
-        self.errors_final = out.with_name(out.name + ".errors.jsonl")
-        self.errors_partial = out.with_name(out.name + ".errors.jsonl.partial")
+        self.files = JobFiles.of(config.output, self.out_fmt)
+        self.files.refuse_input(config.input)  # before anything is opened: it would be truncated or replaced
+        self.checkpoint_path = self.files.checkpoint
+        self.partial = self.files.partial
+        self.errors_final = self.files.errors
+        self.errors_partial = self.files.errors_partial
         self.columns = [config.id_column, "label", "action", *(f"prob_{c}" for c in predictor.labels)]
         # The input columns the model's fields are read from (a text model's may be renamed).
         fields = predictor.fields
@@ -173,8 +175,17 @@ class BatchJob:
             yield chunk
 
     def run(self) -> BatchSummary:
-        started = time.perf_counter()
         self.cfg.output.parent.mkdir(parents=True, exist_ok=True)
+        with self.files.lock():  # one run at a time per output
+            try:
+                return self._run()
+            except BaseException:
+                if not self.checkpoint_path.exists():
+                    self.files.discard_partials()  # a failed start leaves nothing behind
+                raise
+
+    def _run(self) -> BatchSummary:
+        started = time.perf_counter()
         ckpt = self._load_checkpoint()
         s = BatchSummary(model=self.predictor.ref, output=str(self.cfg.output), errors_file=str(self.errors_final))
         state: dict[str, Any] = {

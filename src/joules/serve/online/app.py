@@ -28,7 +28,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from joules import __version__
-from joules.errors import BatcherClosedError, OutputError
+from joules.errors import BatcherClosedError, OutputError, RepositoryControlError
 from joules.meter import CostModel
 from joules.registry import Registry
 from joules.serve.online import protocol_v1, protocol_v2
@@ -84,6 +84,10 @@ class OnlineServer:
         # What is alive now (modules, models, the app) lives as long as the server: keep it out of
         # the cyclic collector's way, so that a full collection costs microseconds, not milliseconds.
         gc.freeze()
+        if self.config.model_control == "explicit" and self.config.api_key_env is None:
+            log.warning(
+                "--model-control explicit without --api-key-env: anyone who can reach this server can unload its models"
+            )
         url = f"http://{self.config.host}:{self.config.port}"
         models = self.repo.models()
         log.info("pricing: %s", _pricing(self.settings.pricing()))
@@ -264,7 +268,15 @@ class OnlineServer:
             rows = [r for r in rows if r["state"] == "READY"]
         return JSONResponse(rows)
 
+    def _check_model_control(self, verb: str) -> None:
+        if self.config.model_control != "explicit":
+            raise RepositoryControlError(
+                f"this server does not {verb} models on request: repository control is off "
+                "(start it with --model-control explicit to allow POST /v2/repository/models/NAME/load and /unload)"
+            )
+
     async def repository_load(self, request: Request) -> Response:
+        self._check_model_control("load")
         body = await read_body(request, self.config.max_body_bytes)
         if body.strip():
             parse(RepositoryLoadRequest, body)
@@ -272,6 +284,7 @@ class OnlineServer:
         return JSONResponse({"name": m.name, "version": str(m.version), "state": "READY"})
 
     async def repository_unload(self, request: Request) -> Response:
+        self._check_model_control("unload")
         body = await read_body(request, self.config.max_body_bytes)
         if body.strip():
             parse(RepositoryLoadRequest, body)

@@ -74,10 +74,8 @@ def decode_request(body: bytes, header_length: str | None, sig: Signature, admit
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
     if header_length is None:
         return body, memoryview(b"")
-    try:
-        n = int(header_length)
-    except ValueError:
-        n = -1
+    # ASCII digits only: int() also takes "1_0", "+10" and other scripts' digits.
+    n = int(header_length) if header_length.isascii() and header_length.isdigit() else -1
     if not 0 <= n <= len(body):
         raise InputError(
             f"Inference-Header-Content-Length {header_length!r} must be a whole number between 0 and "

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from joules.decide import RuleSet
-from joules.errors import JoulesError, ModelNotFoundError, ModelNotReadyError
+from joules.errors import JoulesError, ModelLoadError, ModelNotFoundError, ModelNotReadyError
 from joules.meter import Cost, CostModel, EnergyMeter
 from joules.registry import Registry, validate_name
 from joules.registry.names import parse_version
@@ -172,7 +172,9 @@ class ModelRepository:
 
     @property
     def ready(self) -> bool:
-        return self.started and all(n in self._models for n in self._watch)
+        """Started, and every model this server is meant to serve is loaded (one unloaded through the
+        repository API counts as not loaded until it is loaded again)."""
+        return self.started and all(n in self._models for n in self._watch | self._unloaded)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -246,16 +248,24 @@ class ModelRepository:
             log.info("loading %s:%d%s", name, version, f" beside {current.ref}" if current else "")
             try:
                 model = await asyncio.to_thread(self._build, name, version)
-            except JoulesError as e:
+            # A load can fail in any library it goes through (ONNX Runtime, tokenizers, numpy...): whatever
+            # it raises is logged, counted and recorded with its reason; the old version keeps serving.
+            except Exception as e:
                 self.metrics.model_loads.labels(name, "failed").inc()
+                reason = str(e).strip() if isinstance(e, JoulesError) else f"{type(e).__name__}: {str(e).strip()}"
                 self._status[name] = ModelStatus(
-                    State.UNAVAILABLE, version, f"version {version} failed to load: {e}", failed_version=version
+                    State.UNAVAILABLE, version, f"version {version} failed to load: {reason}", failed_version=version
                 )
                 log.error(
-                    "could not load %s:%d (%s)%s", name, version, e, "; still serving " + current.ref if current else ""
+                    "could not load %s:%d (%s)%s",
+                    name,
+                    version,
+                    reason,
+                    "; still serving " + current.ref if current else "",
+                    exc_info=None if isinstance(e, JoulesError) else e,
                 )
                 if strict:
-                    raise
+                    raise ModelLoadError(f"{name}:{version} could not be loaded: {reason}") from e
                 return current
             if not strict and name not in self._watch:  # unloaded while loading
                 await model.batcher.close()
@@ -304,5 +314,11 @@ class ModelRepository:
                 for name in sorted(names):
                     await self._ensure(name)
                 self.metrics.registry_polls.inc()
-            except (JoulesError, OSError) as e:  # e.g. the registry is briefly unreadable: try again next time
-                log.warning("registry poll failed: %s", e)
+            # The poller must outlive any failure (a registry briefly unreadable or locked, a bug): it is
+            # logged and counted, and the next poll tries again.
+            except Exception as e:
+                self.metrics.registry_poll_errors.inc()
+                if isinstance(e, JoulesError | OSError):
+                    log.warning("registry poll failed: %s", e)
+                else:
+                    log.error("registry poll failed; polling goes on", exc_info=e)
