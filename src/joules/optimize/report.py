@@ -17,11 +17,38 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from joules.optimize.evaluate import Candidate
-    from joules.optimize.run import RunState
+from joules.optimize.evaluate import Candidate
+
+
+class RunState(Protocol):
+    """What the report reads of a run (``run.RunState``; a Protocol, so report imports nothing of run)."""
+
+    @property
+    def ref(self) -> str: ...
+    @property
+    def config(self) -> Any: ...
+    @property
+    def preset(self) -> Any: ...
+    @property
+    def original(self) -> Candidate | None: ...
+    @property
+    def variants(self) -> list[Candidate]: ...
+    @property
+    def references(self) -> list[Candidate]: ...
+    @property
+    def skipped(self) -> list[dict[str, Any]]: ...
+    @property
+    def failed(self) -> list[dict[str, Any]]: ...
+    @property
+    def selection(self) -> Any: ...
+    @property
+    def measure(self) -> Any: ...
+    @property
+    def chosen(self) -> dict[str, Any] | None: ...
+    @property
+    def seconds(self) -> dict[str, float]: ...
 
 
 def report_dir(reports: Path, ref: str, when: datetime) -> Path:

@@ -18,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import DATA
-from tests.helpers import run_joules
+from tests.helpers import numeric_onnx, run_joules
 
 READY_TIMEOUT_S = 180
 
@@ -238,4 +238,13 @@ def slow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("slow")
     calibrated_slow_onnx(root / "slow.onnx")
     import_tensor_model(root / "home", root / "slow.onnx", "slow")
+    return root / "home"
+
+
+@pytest.fixture(scope="module")
+def lin_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A JOULES_HOME holding `lin:1`, a linear tensor model: loads in a second, answers at once."""
+    root = tmp_path_factory.mktemp("lin")
+    numeric_onnx(root / "lin.onnx", features=4, classes=2)
+    import_tensor_model(root / "home", root / "lin.onnx", "lin")
     return root / "home"
