@@ -15,6 +15,12 @@ The section records what the serving engine needs to run the graph and to
 turn text into tokens and back: the transformer's shape, the context length,
 the end-of-sequence ids and the chat template (a Jinja file rendered in a
 sandbox: data, never code).
+
+A *weights-only* bundle (``joules import DIR --weights-only``, for a model too
+large to export or to hold whole) has no ONNX graph: ``model`` names its
+safetensors weights, ``files`` holds ``weights_config`` (config.json) and
+``weights``, and only the tensor-parallel decoder (``joules.parallel``, N >= 1
+torch ranks that each read their slices) can serve it.
 """
 
 from __future__ import annotations
@@ -79,6 +85,8 @@ class GenerationSpec:
     graph_version: int = GRAPH_VERSION
     # Sampling defaults the model's authors chose (generation_config.json); requests override them.
     defaults: dict[str, Any] | None = None
+    # No ONNX graph: served only by the tensor-parallel decoder from the safetensors weights.
+    weights_only: bool = False
 
     def __post_init__(self) -> None:
         for name, low in (
@@ -110,6 +118,8 @@ class GenerationSpec:
                 f"generation.graph_version {self.graph_version!r} is not supported (this joules runs "
                 f"{GRAPH_VERSION}); re-import the model with this joules"
             )
+        if not isinstance(self.weights_only, bool):
+            raise BundleError(f"generation.weights_only must be true or false, got {self.weights_only!r}")
         if self.defaults is not None and not isinstance(self.defaults, dict):
             raise BundleError(f"generation.defaults must be a mapping, got {type(self.defaults).__name__}")
 

@@ -58,12 +58,17 @@ class Preprocess:
     tokenizer: str = "tokenizer.json"
     max_length: int = DEFAULT_MAX_LENGTH
     text_field: str = "text"
+    # Admission refuses NaN and infinities in numeric inputs (a model cannot rank them); a model
+    # built to take them (missing values as NaN, say) says so here.
+    allow_non_finite: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in ("text", "tensors"):
             raise BundleError(f"preprocess.kind {self.kind!r} is not 'text' or 'tensors'")
         if not isinstance(self.max_length, int) or not 1 <= self.max_length <= 8192:
             raise BundleError(f"preprocess.max_length must be a whole number in [1, 8192], got {self.max_length!r}")
+        if not isinstance(self.allow_non_finite, bool):
+            raise BundleError(f"preprocess.allow_non_finite must be true or false, got {self.allow_non_finite!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
