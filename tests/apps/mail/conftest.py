@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from joules.apps.mail.train import train_spam_email
+from joules.registry import Registry
+from joules.settings import Settings
+
 ROOT = Path(__file__).resolve().parents[3]
 CORPUS = ROOT / "data/spamassassin_public_corpus/spamassassin_public_corpus.tar.gz"
 PER_GROUP = {"easy-ham-1": 60, "hard-ham-1": 20, "spam-1": 30, "spam-2": 30}
@@ -43,3 +47,20 @@ def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
         _add(tar, "spamassassin_public_corpus/spam-2/conflict.eml", conflict)
         _add(tar, "spamassassin_public_corpus/spam-2/garbage.eml", b"\xff\xfe\x00\x9c" * 100)
     return out
+
+
+@pytest.fixture(scope="session")
+def mail_home(  # the e-mail detector, tiny, trained for real on the small corpus
+    tmp_path_factory: pytest.TempPathFactory, small_corpus: Path, tiny_hf_dir: Path
+) -> Path:
+    home = tmp_path_factory.mktemp("mail-home")
+    train_spam_email(
+        registry=Registry(Settings(home=home)),
+        data=small_corpus,
+        base_dir=tiny_hf_dir,
+        epochs=1,
+        max_length=64,
+        learning_rate=2e-3,
+        progress=False,
+    )
+    return home

@@ -6,29 +6,13 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-from joules.apps.mail.train import CHARS_PER_TOKEN_BOUND, text_view, train_spam_email
+from joules.apps.mail.train import CHARS_PER_TOKEN_BOUND, text_view
 from joules.bundle import SplitDataset
 from joules.registry import Registry
 from joules.runtime import Predictor
 from joules.runtime.inputs import EmailConverter
 from joules.settings import Settings
-
-
-@pytest.fixture(scope="module")
-def mail_home(tmp_path_factory: pytest.TempPathFactory, small_corpus: Path, tiny_hf_dir: Path) -> Path:
-    home = tmp_path_factory.mktemp("mail-home")
-    train_spam_email(
-        registry=Registry(Settings(home=home)),
-        data=small_corpus,
-        base_dir=tiny_hf_dir,
-        epochs=1,
-        max_length=64,
-        learning_rate=2e-3,
-        progress=False,
-    )
-    return home
 
 
 def test_the_bundle_is_served_on_raw_email(mail_home: Path) -> None:
