@@ -43,3 +43,26 @@ def numeric_onnx(path: Path, features: int = 4, classes: int = 3, seed: int = 0)
     model.ir_version = 8
     onnx.save(model, str(path))
     return w, b
+
+
+def assert_beats_chance(y_true: np.ndarray, y_pred: np.ndarray, what: str) -> None:
+    """A binary classifier (positive = True) does better than guessing on held-out rows.
+
+    Two trivial baselines: always the majority class (accuracy), and always the
+    positive class, the best F1 a predictor blind to the input can reach
+    (2p / (1 + p) for a positive rate p). The model must beat both, the first
+    with McNemar's exact test at p < 0.01, so a lucky split cannot pass.
+    """
+    from joules.quality import f1_score, mcnemar
+
+    y_true, y_pred = np.asarray(y_true, dtype=bool), np.asarray(y_pred, dtype=bool)
+    p = float(y_true.mean())
+    f1 = f1_score(y_true.astype(np.int8), y_pred.astype(np.int8))
+    blind_f1 = 2 * p / (1 + p)
+    majority = y_true.sum() * 2 >= len(y_true)
+    test = mcnemar(y_pred == y_true, np.full(len(y_true), majority) == y_true)
+    assert f1 > blind_f1 + 0.2, f"{what}: F1 {f1:.3f} is within 0.2 of a blind predictor's {blind_f1:.3f}"
+    assert test["only_a"] > test["only_b"] and test["p_value"] < 0.01, (
+        f"{what}: accuracy {np.mean(y_pred == y_true):.3f} does not beat always-{majority} "
+        f"({np.mean(y_true == majority):.3f}) significantly: {test}"
+    )

@@ -6,17 +6,17 @@
 Each variant is ``NAME=FLAGS``: extra `joules serve` flags, and ``VAR=VALUE`` words set
 environment variables of that server only. All servers run at once and idle while
 another is measured; each round takes concurrency 1, 8 and 64 in turn and drives every
-server at it (the same messages, one per request, response cache off unless a variant
-turns it on), so a slow spell of a shared machine hits every variant alike. Reported
-per variant and concurrency: the median over rounds of throughput, p50 and p99 latency,
-rows per model call (from /metrics) and the server's CPU time per request (from
-/proc, so spinning threads show up as CPU they burn).
+server at it for a few seconds with joules.bench (the load generator of `joules bench`:
+the same messages, one per V2 request, response cache off unless a variant turns it on),
+so a slow spell of a shared machine hits every variant alike. Reported per variant and
+concurrency: the median over rounds of throughput, p50 and p99 latency (LoadGen's rule),
+rows per model call (from /metrics) and the server's CPU time per request (from /proc,
+so spinning threads show up as CPU they burn).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import statistics
@@ -28,27 +28,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import load  # the benchmark client beside this file
 
-LOADS = ((1, 600), (8, 800), (64, 1280))  # (concurrency, requests)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+LOADS = ((1, 6.0), (8, 6.0), (64, 8.0))  # (concurrency, seconds)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variant", action="append", required=True, help="NAME=FLAGS (repeat)")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--loads", default=",".join(f"{c}:{n}" for c, n in LOADS), help="CONCURRENCY:REQUESTS,...")
+    ap.add_argument("--loads", default=",".join(f"{c}:{t:g}" for c, t in LOADS), help="CONCURRENCY:SECONDS,...")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    load.use_uvloop()
-    loads = [tuple(int(x) for x in part.split(":")) for part in args.loads.split(",")]
-    texts = load.messages(max(n for _, n in loads))
-    bodies = [load.raw_request(t) for t in texts]
+    loads = [(int(c), float(t)) for c, t in (part.split(":") for part in args.loads.split(","))]
+    texts = load.messages(1280)
     servers: dict[str, tuple[int, Any]] = {}
     results: dict[tuple[str, int], list[dict[str, Any]]] = {}
     try:
@@ -59,16 +51,12 @@ def main() -> None:
             argv = [w for w in words if "=" not in w or w.startswith("-")]
             port = load.free_port()
             servers[name] = (port, load.start_server(port, ["--timeout-ms", "60000", *argv], env))
-        for port, _ in servers.values():
-            asyncio.run(load.closed_loop(port, bodies[:256], 8))  # warm up
+        for port, proc in servers.values():
+            load.server_run(port, proc.pid, texts, seconds=2.0, concurrency=8)  # warm up
         for r in range(args.rounds):
-            for c, n in loads:
+            for c, seconds in loads:
                 for name, (port, proc) in servers.items():
-                    before = load.batch_stats(port)
-                    cpu0 = cpu_seconds(proc.pid)
-                    out = asyncio.run(load.closed_loop(port, bodies[:n], c))
-                    out["server_cpu_ms_per_request"] = round(1000 * (cpu_seconds(proc.pid) - cpu0) / n, 2)
-                    out = load.with_batches(port, before, out)
+                    out = load.server_run(port, proc.pid, texts, seconds=seconds, concurrency=c)
                     results.setdefault((name, c), []).append(out)
                     print(f"round {r + 1} {name} c={c}: {json.dumps(out)}", flush=True)
     finally:

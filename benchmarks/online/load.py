@@ -1,29 +1,31 @@
 """Online serving benchmark: the in-process Predictor beside `joules serve`, on SMS messages.
 
-    JOULES_HOME=/tmp/jh .venv/bin/python benchmarks/online/load.py [--requests 2000] [--out FILE]
+    JOULES_HOME=/tmp/jh .venv/bin/python benchmarks/online/load.py [--seconds 10] [--out FILE]
 
 1. In process (no server): the Predictor with the server's runtime options, at batch 1
    (latency per message) and on windows of 64 messages sorted by length (the best
    grouping a server could hope for).
-2. `joules serve` in a subprocess on a free port, driven by a small asyncio HTTP/1.1
-   client with keep-alive connections (cheap, so the client steals little CPU from
-   the server on a 2-core machine):
-   - closed loop at concurrency 1, 8 and 64: each connection sends its next request
-     when the previous answer arrives; concurrency 1 alternates with the in-process
-     batch-1 run in blocks of 100 messages, so both sides see the same machine;
-   - open loop, Poisson arrivals at fixed rates: latency counts from the scheduled
-     send time, so queueing in the client is not hidden (no coordinated omission).
-   Mean batch size comes from the server's /metrics (joules_batch_size).
+2. `joules serve` in a subprocess on a free port, driven by joules.bench, the load
+   generator behind `joules bench` (its own process, its keep-alive HTTP client, its
+   loops, and MLPerf LoadGen's percentile rule, ``joules.bench.stats``):
+   - closed loop at concurrency 1, 8 and 64 for ``--seconds`` each: each client sends its
+     next request when the previous answer arrives; concurrency 1 alternates with the
+     in-process batch-1 run in blocks, so both sides see the same machine;
+   - open loop, Poisson arrivals at fixed rates (the server scenario): latency counts from
+     the scheduled send time, so queueing in the client is not hidden.
+   Rows per model call come from the server's /metrics, read by joules.bench around each run.
 
-Each request is one message through POST /v1/models/spam:predict; the response cache
-is off unless --cache-size is given. The client runs on uvloop. Run nothing else heavy
-at the same time.
+Each request is one message through the Open Inference Protocol V2 (POST
+/v2/models/spam/infer, what `joules bench --url` sends); the response cache is off unless
+--cache-size is given. Latency percentiles are LoadGen's (``values[floor(n * p)]``, a
+latency some request really had); each summary also gives numpy's interpolated p99
+(``p99_ms_interpolated``) to show what the definition moves. Run nothing else heavy at
+the same time.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
@@ -39,6 +41,9 @@ from typing import Any
 
 import numpy as np
 
+from joules.bench import Bench, BenchConfig, RunResult
+from joules.bench.stats import latency_summary_ms
+
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data" / "sms_spam_collection" / "SMSSpamCollection.tsv"
 
@@ -49,19 +54,55 @@ def messages(n: int, seed: int = 0) -> list[str]:
     return (rows * (n // len(rows) + 1))[:n]
 
 
-def pct(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) * 1000.0 if values else float("nan")
-
-
-def summary(lat: list[float], seconds: float, errors: int, rows: int) -> dict[str, Any]:
+def summary(lat_s: list[float] | np.ndarray, seconds: float, errors: int, rows: int) -> dict[str, Any]:
+    """Throughput and latency percentiles by joules.bench's (LoadGen's) rule, plus numpy's p99 beside it."""
+    ms = latency_summary_ms(lat_s)
     return {
-        "requests": len(lat) + errors,
+        "requests": len(lat_s) + errors,
         "errors": errors,
-        "throughput_rps": round(rows / seconds, 1),
-        "p50_ms": round(pct(lat, 50), 2),
-        "p90_ms": round(pct(lat, 90), 2),
-        "p99_ms": round(pct(lat, 99), 2),
+        "throughput_rps": round(rows / seconds, 1) if seconds > 0 else 0.0,
+        "p50_ms": round(ms.get("p50", float("nan")), 2),
+        "p90_ms": round(ms.get("p90", float("nan")), 2),
+        "p99_ms": round(ms.get("p99", float("nan")), 2),
+        "p99_ms_interpolated": round(float(np.percentile(lat_s, 99)) * 1000, 2) if len(lat_s) else float("nan"),
     }
+
+
+def from_bench(r: RunResult) -> dict[str, Any]:
+    """A joules.bench run in the same shape as the in-process summaries."""
+    out = summary(r.latencies_s, r.duration_s, r.errors, r.samples)
+    out["throughput_rps"] = round(r.qps_achieved, 1)
+    out["mean_batch"] = r.system.get("rows_per_call")
+    out["server_cpu_ms_per_request"] = r.system.get("cpu_ms_per_query")
+    out["loadgen_cpu_ms_per_request"] = r.loadgen.get("cpu_ms_per_query")
+    if r.qps_target is not None:
+        out["offered_rps"] = r.qps_target
+    return out
+
+
+def server_run(
+    port: int, pid: int, texts: list[str], *, seconds: float, concurrency: int | None = None, qps: float | None = None
+) -> dict[str, Any]:
+    return from_bench(server_result(port, pid, texts, seconds=seconds, concurrency=concurrency, qps=qps))
+
+
+def server_result(
+    port: int, pid: int, texts: list[str], *, seconds: float, concurrency: int | None = None, qps: float | None = None
+) -> RunResult:
+    """One joules.bench run against the server: closed loop at ``concurrency``, or Poisson arrivals at ``qps``."""
+    single = concurrency == 1 and qps is None
+    config = BenchConfig(
+        model="spam",
+        scenario="single-stream" if single else "server",
+        url=f"http://127.0.0.1:{port}",
+        concurrency=None if single else concurrency,
+        qps=qps,
+        duration_s=seconds,
+        warmup_s=0.0,
+        timeout_s=60.0,
+        server_pid=pid,
+    )
+    return Bench(config, texts=texts).run(qps)
 
 
 # -- in process -------------------------------------------------------------------------------
@@ -92,25 +133,26 @@ def _batch1(p: Any, texts: list[str]) -> tuple[list[float], float]:
     return lat, time.perf_counter() - t0
 
 
-def latency_pair(p: Any, port: int, texts: list[str], bodies: list[bytes], block: int = 100) -> dict[str, Any]:
-    """In-process batch 1 and the server at concurrency 1 on the same messages, alternating in
-    blocks of ``block`` messages, so that a slow spell of a shared machine hits both sides."""
+def latency_pair(p: Any, port: int, pid: int, texts: list[str], block_s: float, blocks: int) -> dict[str, Any]:
+    """In-process batch 1 and the server at concurrency 1, alternating ``blocks`` times in blocks of
+    about ``block_s`` seconds each, so that a slow spell of a shared machine hits both sides."""
     in_lat: list[float] = []
-    sv_lat: list[float] = []
-    in_s = sv_s = 0.0
-    errors = 0
-    for i in range(0, len(texts), block):
-        lat, seconds = _batch1(p, texts[i : i + block])
-        in_lat += lat
-        in_s += seconds
-        lat, seconds, failed = asyncio.run(_closed_loop(port, bodies[i : i + block], 1))
-        sv_lat += lat
-        sv_s += seconds
-        errors += failed
-    return {
-        "inproc_b1": summary(in_lat, in_s, 0, len(in_lat)),
-        "server_c1": summary(sv_lat, sv_s, errors, len(sv_lat)),
-    }
+    in_s = 0.0
+    runs: list[RunResult] = []
+    i = 0
+    for _ in range(blocks):
+        end = time.perf_counter() + block_s
+        while time.perf_counter() < end:
+            lat, seconds = _batch1(p, texts[i % len(texts) : i % len(texts) + 20])
+            in_lat += lat
+            in_s += seconds
+            i += 20
+        runs.append(server_result(port, pid, texts, seconds=block_s, concurrency=1))
+    # The server's blocks pooled: every latency into one set of percentiles.
+    lat_s = np.concatenate([r.latencies_s for r in runs])
+    served = summary(lat_s, sum(r.duration_s for r in runs), sum(r.errors for r in runs), len(lat_s))
+    served["server_cpu_ms_per_request"] = statistics.median(r.system.get("cpu_ms_per_query") or 0.0 for r in runs)
+    return {"inproc_b1": summary(in_lat, in_s, 0, len(in_lat)), "server_c1": served}
 
 
 def in_process_windows(p: Any, texts: list[str], *, planned: bool) -> dict[str, Any]:
@@ -129,124 +171,6 @@ def in_process_windows(p: Any, texts: list[str], *, planned: bool) -> dict[str, 
             p.predict_texts(window)
     seconds = time.perf_counter() - t0
     return {"rows": len(texts), "throughput_rps": round(len(texts) / seconds, 1)}
-
-
-# -- the client -------------------------------------------------------------------------------
-
-
-def use_uvloop() -> None:
-    """Run the client on uvloop where it is installed (a dependency of joules off Windows): the
-    client shares the 2 cores with the server, so its own CPU per request should be small."""
-    try:
-        import uvloop
-    except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-
-
-class Connection:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def open(cls, port: int) -> Connection:
-        r, w = await asyncio.open_connection("127.0.0.1", port)
-        return cls(r, w)
-
-    async def request(self, raw: bytes) -> int:
-        self.writer.write(raw)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(head.split(b" ", 2)[1])
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":", 1)[1])
-        await self.reader.readexactly(length)
-        return status
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-def raw_request(text: str) -> bytes:
-    body = json.dumps({"instances": [{"text": text}]}).encode()
-    return (
-        b"POST /v1/models/spam:predict HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-        + f"Content-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
-
-
-async def closed_loop(port: int, bodies: list[bytes], concurrency: int) -> dict[str, Any]:
-    lat, seconds, errors = await _closed_loop(port, bodies, concurrency)
-    return summary(lat, seconds, errors, len(lat))
-
-
-async def _closed_loop(port: int, bodies: list[bytes], concurrency: int) -> tuple[list[float], float, int]:
-    conns = [await Connection.open(port) for _ in range(concurrency)]
-    lat: list[float] = []
-    errors = 0
-    next_i = 0
-
-    async def worker(c: Connection) -> None:
-        nonlocal next_i, errors
-        while next_i < len(bodies):
-            body = bodies[next_i]
-            next_i += 1
-            s = time.perf_counter()
-            status = await c.request(body)
-            if status == 200:
-                lat.append(time.perf_counter() - s)
-            else:
-                errors += 1
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker(c) for c in conns))
-    seconds = time.perf_counter() - t0
-    for c in conns:
-        c.close()
-    return lat, seconds, errors
-
-
-async def open_loop(port: int, bodies: list[bytes], rate: float, seconds: float, seed: int = 1) -> dict[str, Any]:
-    rng = random.Random(seed)
-    idle: list[Connection] = []
-    lat: list[float] = []
-    errors = 0
-    tasks = []
-
-    async def send(at: float, body: bytes) -> None:
-        nonlocal errors
-        c = idle.pop() if idle else await Connection.open(port)
-        try:
-            status = await c.request(body)
-        except (asyncio.IncompleteReadError, ConnectionError):  # the server closed an idle keep-alive
-            c.close()
-            c = await Connection.open(port)
-            status = await c.request(body)
-        if status == 200:
-            lat.append(time.perf_counter() - at)  # from the scheduled time: queueing counts
-        else:
-            errors += 1
-        idle.append(c)
-
-    t0 = time.perf_counter()
-    at = t0
-    i = 0
-    while at - t0 < seconds:
-        at += rng.expovariate(rate)
-        delay = at - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(send(at, bodies[i % len(bodies)])))
-        i += 1
-    await asyncio.gather(*tasks)
-    elapsed = time.perf_counter() - t0
-    for c in idle:
-        c.close()
-    out = summary(lat, elapsed, errors, len(lat))
-    out["offered_rps"] = rate
-    return out
 
 
 # -- the server -------------------------------------------------------------------------------
@@ -283,32 +207,12 @@ def start_server(port: int, extra: list[str], env: dict[str, str] | None = None)
     raise SystemExit("server not ready in 300 s")
 
 
-def batch_stats(port: int) -> tuple[float, float]:
-    import httpx
-
-    total = {"sum": 0.0, "count": 0.0}
-    for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text.splitlines():
-        name = line.split("{")[0].split(" ")[0]
-        if name in ("joules_batch_size_sum", "joules_batch_size_count"):
-            total[name.rsplit("_", 1)[1]] += float(line.rsplit(" ", 1)[1])
-    return total["sum"], total["count"]
-
-
-def with_batches(port: int, before: tuple[float, float], result: dict[str, Any]) -> dict[str, Any]:
-    after = batch_stats(port)
-    calls = after[1] - before[1]
-    result["mean_batch"] = round((after[0] - before[0]) / calls, 2) if calls else None
-    return result
-
-
-def median_of(rounds: list[dict[str, Any]], key: str) -> float:
-    return round(statistics.median(r[key] for r in rounds), 2)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--requests", type=int, default=1280, help="messages per throughput run (windows, c=64)")
-    ap.add_argument("--latency-requests", type=int, default=300, help="messages per latency run (batch 1, c=1)")
+    ap.add_argument("--requests", type=int, default=1280, help="messages sent through the in-process windows")
+    ap.add_argument("--seconds", type=float, default=10.0, help="length of each closed-loop server run")
+    ap.add_argument("--pair-blocks", type=int, default=5, help="alternating blocks of in-process b1 and server c=1")
+    ap.add_argument("--pair-block-s", type=float, default=2.0)
     ap.add_argument("--rounds", type=int, default=3, help="in-process and server runs alternate this many times")
     ap.add_argument("--rates", default="20,40,80", help="open-loop arrival rates, requests/s")
     ap.add_argument("--open-seconds", type=float, default=20.0)
@@ -317,14 +221,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    use_uvloop()
     texts = messages(args.requests)
-    short = texts[: args.latency_requests]
     report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_before": os.getloadavg()},
         "command": " ".join(sys.argv),
         "server_args": args.server_args,
         "cache": "--cache-size" in args.server_args,
+        "load_generator": "joules.bench (LoadGen percentile rule)",
     }
     port = free_port()
     extra = ["--max-batch-size", str(args.max_batch_size), "--timeout-ms", "60000", *args.server_args.split()]
@@ -332,20 +235,17 @@ def main() -> None:
     predictor = in_process_predictor(extra)
     rounds: list[dict[str, Any]] = []
     try:
-        bodies = [raw_request(t) for t in texts]
-        asyncio.run(closed_loop(port, bodies[:64], 8))  # warm the server
-        in_process_batch1(predictor, short[:50])  # and the in-process predictor
+        server_run(port, proc.pid, texts, seconds=2.0, concurrency=8)  # warm the server
+        in_process_batch1(predictor, texts[:50])  # and the in-process predictor
         # The machine is shared and noisy: alternate in-process and server runs, compare per round.
         for r in range(args.rounds):
             row: dict[str, Any] = {}
-            before = batch_stats(port)
-            pair = latency_pair(predictor, port, short, bodies[: len(short)])
+            pair = latency_pair(predictor, port, proc.pid, texts, args.pair_block_s, args.pair_blocks)
             row["inproc_b1"] = pair["inproc_b1"]
-            row["server_c1"] = with_batches(port, before, pair["server_c1"])
+            row["server_c1"] = pair["server_c1"]
             row["inproc_windows64"] = in_process_windows(predictor, texts, planned=False)
             row["inproc_windows64_planned"] = in_process_windows(predictor, texts, planned=True)
-            before = batch_stats(port)
-            row["server_c64"] = with_batches(port, before, asyncio.run(closed_loop(port, bodies, 64)))
+            row["server_c64"] = server_run(port, proc.pid, texts, seconds=args.seconds, concurrency=64)
             row["ratio_c64_over_windows64"] = (
                 row["server_c64"]["throughput_rps"] / row["inproc_windows64"]["throughput_rps"]
             )
@@ -356,13 +256,11 @@ def main() -> None:
             row["c1_p50_minus_b1_p50_ms"] = row["server_c1"]["p50_ms"] - row["inproc_b1"]["p50_ms"]
             rounds.append(row)
             print(f"round {r + 1}: {json.dumps(row)}", flush=True)
-        before = batch_stats(port)
-        c8 = with_batches(port, before, asyncio.run(closed_loop(port, bodies[:800], 8)))
+        c8 = server_run(port, proc.pid, texts, seconds=args.seconds, concurrency=8)
         print(f"closed c=8: {json.dumps(c8)}", flush=True)
         report["open"] = {}
         for rate in (float(x) for x in args.rates.split(",")):
-            before = batch_stats(port)
-            res = with_batches(port, before, asyncio.run(open_loop(port, bodies, rate, args.open_seconds)))
+            res = server_run(port, proc.pid, texts, seconds=args.open_seconds, qps=rate)
             report["open"][f"{rate:g}rps"] = res
             print(f"open {rate:g}/s: {json.dumps(res)}", flush=True)
     finally:
@@ -370,21 +268,22 @@ def main() -> None:
         proc.wait(60)
     report["rounds"] = rounds
     report["closed_c8"] = c8
+    med = lambda side, key: statistics.median(r[side][key] for r in rounds)  # noqa: E731
     report["median"] = {
-        "inproc_b1_p50_ms": statistics.median(r["inproc_b1"]["p50_ms"] for r in rounds),
-        "inproc_b1_p99_ms": statistics.median(r["inproc_b1"]["p99_ms"] for r in rounds),
-        "inproc_b1_rps": statistics.median(r["inproc_b1"]["throughput_rps"] for r in rounds),
-        "server_c1_p50_ms": statistics.median(r["server_c1"]["p50_ms"] for r in rounds),
-        "server_c1_p99_ms": statistics.median(r["server_c1"]["p99_ms"] for r in rounds),
-        "server_c1_rps": statistics.median(r["server_c1"]["throughput_rps"] for r in rounds),
-        "inproc_windows64_rps": statistics.median(r["inproc_windows64"]["throughput_rps"] for r in rounds),
-        "inproc_windows64_planned_rps": statistics.median(
-            r["inproc_windows64_planned"]["throughput_rps"] for r in rounds
-        ),
-        "server_c64_rps": statistics.median(r["server_c64"]["throughput_rps"] for r in rounds),
-        "server_c64_p50_ms": statistics.median(r["server_c64"]["p50_ms"] for r in rounds),
-        "server_c64_p99_ms": statistics.median(r["server_c64"]["p99_ms"] for r in rounds),
-        "server_c64_mean_batch": statistics.median(r["server_c64"]["mean_batch"] for r in rounds),
+        "inproc_b1_p50_ms": med("inproc_b1", "p50_ms"),
+        "inproc_b1_p99_ms": med("inproc_b1", "p99_ms"),
+        "inproc_b1_rps": med("inproc_b1", "throughput_rps"),
+        "server_c1_p50_ms": med("server_c1", "p50_ms"),
+        "server_c1_p99_ms": med("server_c1", "p99_ms"),
+        "server_c1_p99_ms_interpolated": med("server_c1", "p99_ms_interpolated"),
+        "server_c1_rps": med("server_c1", "throughput_rps"),
+        "inproc_windows64_rps": med("inproc_windows64", "throughput_rps"),
+        "inproc_windows64_planned_rps": med("inproc_windows64_planned", "throughput_rps"),
+        "server_c64_rps": med("server_c64", "throughput_rps"),
+        "server_c64_p50_ms": med("server_c64", "p50_ms"),
+        "server_c64_p99_ms": med("server_c64", "p99_ms"),
+        "server_c64_p99_ms_interpolated": med("server_c64", "p99_ms_interpolated"),
+        "server_c64_mean_batch": med("server_c64", "mean_batch"),
         "ratio_c64_over_windows64": round(statistics.median(r["ratio_c64_over_windows64"] for r in rounds), 3),
         "ratio_c64_over_planned": round(statistics.median(r["ratio_c64_over_planned"] for r in rounds), 3),
         "c1_p99_minus_b1_p99_ms": round(statistics.median(r["c1_p99_minus_b1_p99_ms"] for r in rounds), 2),

@@ -4,9 +4,18 @@ Each peer runs from its own virtual environment (see install.sh) with its docume
 switched on: at most PEER_MAX_BATCH (32) requests per batch and PEER_WAIT_MS (5 ms) longest wait, the
 same as joules' defaults where a peer has both knobs. Every system gets the same model files, tokenizer,
 ONNX Runtime session options and threads (servers/spam_model.py). Systems are interleaved round by
-round, and each round starts each server afresh; figures are medians over rounds.
+round (the order rotates), and each round starts each server afresh.
 
-    .venv/bin/python benchmarks/peers/run.py --venvs /tmp/peers --rounds 3 --systems joules,litserve,mlserver
+Stability: max QPS at p99 <= 50 ms moved 2x between rounds of 10 s runs, so by default every run
+(each rate of the search) lasts 30 s after 5 s of warm-up, there are 5 rounds, and the spread is
+reported: per system the median, min and max over rounds, and joules' margin as the median, min
+and max of per-round ratios (joules / peer, both measured in the same round). The load generator's
+own CPU is reported per query (`joules bench` measures it), and `--pin-client CPUS` /
+`--pin-server CPUS` run the load generator and the servers on disjoint cores with taskset.
+
+    benchmarks/peers/rerun.sh                      # everything, for a quiet machine (about 2 hours)
+    .venv/bin/python benchmarks/peers/run.py --venvs /tmp/peers --rounds 5 --systems joules,litserve,mlserver
+    .venv/bin/python benchmarks/peers/run.py table benchmarks/results/peers.jsonl
 
 This is a benchmark, not a test: it takes minutes per system and round.
 """
@@ -122,8 +131,13 @@ def ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
     return False
 
 
-def bench(url: str, pid: int, args: list[str], duration: float) -> dict:
+def pinned(cpus: str | None) -> list[str]:
+    return ["taskset", "-c", cpus] if cpus else []
+
+
+def bench(url: str, pid: int, args: list[str], duration: float, warmup: float, pin: str | None) -> dict:
     cmd = [
+        *pinned(pin),
         str(ROOT / ".venv/bin/joules"),
         "bench",
         "spam",
@@ -134,7 +148,7 @@ def bench(url: str, pid: int, args: list[str], duration: float) -> dict:
         "--server-pid",
         str(pid),
     ]
-    cmd += [*args, "--duration", str(duration), "--warmup", "2", "--no-plots", "--json"]
+    cmd += [*args, "--duration", str(duration), "--warmup", str(warmup), "--no-plots", "--json"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     if out.returncode != 0:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
@@ -145,9 +159,12 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--venvs", type=Path, default=Path("/tmp/peers"))
     p.add_argument("--systems", default="joules,litserve,mlserver,bentoml,ray")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--rates", default="10,30")
-    p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--duration", type=float, default=30.0, help="seconds of measured load per run (default 30)")
+    p.add_argument("--warmup", type=float, default=5.0, help="seconds of unmeasured load before each run")
+    p.add_argument("--pin-client", help="taskset CPU list for the load generator (e.g. 0)")
+    p.add_argument("--pin-server", help="taskset CPU list for the servers (e.g. 1)")
     p.add_argument("--p99-ms", type=float, default=50.0)
     p.add_argument(
         "--spin-us",
@@ -181,6 +198,7 @@ def main() -> None:
             cmd, cwd = command(system, port, args.venvs, work)
             row: dict = {"system": system, "round": r}
             with open(args.out.parent / f"peers-{system}.log", "ab") as log:
+                cmd = [*pinned(args.pin_server), *cmd]
                 proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
                 url = f"http://127.0.0.1:{port}"
                 try:
@@ -188,14 +206,17 @@ def main() -> None:
                         row["error"] = f"not ready (exit {proc.poll()}); see {log.name}"
                     else:
                         rates = args.rates.split(",")
-                        row["fixed"] = {q: bench(url, proc.pid, ["--qps", q], args.duration) for q in rates}
+                        opts = (args.duration, args.warmup, args.pin_client)
+                        row["fixed"] = {q: bench(url, proc.pid, ["--qps", q], *opts) for q in rates}
                         find_max = ["--find-max-qps", "--p99-ms", str(args.p99_ms)]
-                        row["max"] = bench(url, proc.pid, find_max, args.duration)
+                        row["max"] = bench(url, proc.pid, find_max, *opts)
+                        row["pins"] = {"client": args.pin_client, "server": args.pin_server}
                 finally:
                     stop(proc)
             with args.out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             print(json.dumps(summary_row(row)), flush=True)
+    print(table(args.out), flush=True)
 
 
 def summary_row(row: dict) -> dict:
@@ -212,32 +233,63 @@ def summary_row(row: dict) -> dict:
             "p50": lat.get("p50"),
             "p99": lat.get("p99"),
             "cpu_ms": sysd.get("cpu_ms_per_query"),
+            "client_cpu_ms": d.get("loadgen", {}).get("cpu_ms_per_query"),
             "J_per_1000": sysd.get("modelled_energy_j_per_1000"),
             "error": d.get("error"),
         }
     return out
 
 
+def spread(xs: list[float]) -> str:
+    """median [min, max] (IQR q1-q3 with five values or more): how far one round can be from another."""
+    if not xs:
+        return "-"
+    xs = sorted(xs)
+    text = f"{statistics.median(xs):.1f} [{xs[0]:.1f}, {xs[-1]:.1f}]"
+    if len(xs) >= 5:
+        q1, _, q3 = statistics.quantiles(xs, n=4)
+        text += f" IQR {q1:.1f}-{q3:.1f}"
+    return text
+
+
 def table(path: Path) -> str:
+    """Per system: max QPS at the p99 bound over rounds, fixed-rate latency and CPU, and joules' margin.
+
+    The margin is taken round by round (joules / peer in the same round, after the same neighbours),
+    then summarised, so a round that was slow for everyone does not move it.
+    """
     rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     by: dict[str, list[dict]] = {}
     for r in rows:
         by.setdefault(r["system"], []).append(r)
-    lines = []
+    maxq = {s: {r["round"]: r["max"].get("max_qps") or 0.0 for r in rs if "error" not in r} for s, rs in by.items()}
+    med = lambda xs: statistics.median(xs) if xs else float("nan")  # noqa: E731
+    lines = [
+        "| system | max QPS at p99 bound: median [min, max] | "
+        + " | ".join(f"{q} qps p50 / p99 ms | server CPU ms/q | client CPU ms/q" for q in _rates(rows))
+        + " | joules / system per round: median [min, max] | rounds ok |",
+        "|---|---|" + "---|---|---|" * len(_rates(rows)) + "---|---|",
+    ]
     for system, rs in by.items():
         ok = [r for r in rs if "error" not in r]
-        med = lambda xs: statistics.median(xs) if xs else float("nan")  # noqa: E731
-        maxq = med([r["max"].get("max_qps") or 0.0 for r in ok])
-        cells = [system, f"{maxq:.1f}"]
-        for q in ok[0]["fixed"] if ok else []:
-            f = [r["fixed"][q] for r in ok if "latency_ms" in r["fixed"][q]]
+        cells = [system, spread(list(maxq[system].values()))]
+        for q in _rates(rows):
+            f = [r["fixed"][q] for r in ok if "latency_ms" in r["fixed"].get(q, {})]
             cells.append(
                 f"{med([x['latency_ms']['p50'] for x in f]):.1f} / {med([x['latency_ms']['p99'] for x in f]):.1f}"
             )
             cells.append(f"{med([x['system'].get('cpu_ms_per_query') or 0 for x in f]):.2f}")
-            cells.append(f"{med([x['system'].get('modelled_energy_j_per_1000') or 0 for x in f]):.0f}")
+            cells.append(f"{med([x.get('loadgen', {}).get('cpu_ms_per_query') or 0 for x in f]):.3f}")
+        ours = maxq.get("joules", {})
+        ratios = [ours[k] / v for k, v in maxq[system].items() if system != "joules" and v and k in ours]
+        cells.append(spread(ratios) if ratios else "-")
         lines.append("| " + " | ".join(cells) + f" | {len(ok)}/{len(rs)} |")
     return "\n".join(lines)
+
+
+def _rates(rows: list[dict]) -> list[str]:
+    ok = [r for r in rows if "error" not in r]
+    return list(ok[0]["fixed"]) if ok else []
 
 
 if __name__ == "__main__":

@@ -48,6 +48,10 @@ class InputError(JoulesError):
     """A prediction request is malformed (wrong field, type or shape)."""
 
 
+class OutputError(JoulesError):
+    """A model's output cannot become a label or an action (it is not finite); the message names the row."""
+
+
 class DataError(JoulesError):
     """A data file (dataset, batch input) cannot be read."""
 
@@ -79,6 +83,10 @@ class EngineUnavailableError(JoulesError):
     """A model engine can no longer run (a tensor-parallel rank died); requests fail fast until it is back."""
 
 
+class RankTimeoutError(EngineUnavailableError):
+    """A tensor-parallel peer did not reach a collective in time (it died, or hangs)."""
+
+
 # -- the HTTP edge ---------------------------------------------------------------------------------
 
 
@@ -92,6 +100,30 @@ class PayloadTooLargeError(JoulesError):
 
 class UnsupportedMediaError(JoulesError):
     """A Content-Encoding the server cannot decode."""
+
+
+class MalformedRequestError(JoulesError):
+    """The bytes a client sent are not a valid HTTP/1.1 request."""
+
+
+class HeaderTooLargeError(JoulesError):
+    """A request's line and headers are over the size or count limit."""
+
+
+class TooManyHeadersError(HeaderTooLargeError):
+    """Raised inside the HTTP parser when a head has more header fields than allowed, to stop parsing."""
+
+
+class RequestTimeoutError(JoulesError):
+    """A request's headers or body did not arrive within the time allowed."""
+
+
+class ModelLoadError(JoulesError):
+    """A model version could not be loaded; the message says which and why."""
+
+
+class RepositoryControlError(JoulesError):
+    """Loading or unloading models through the HTTP repository API is not enabled on this server."""
 
 
 class ModelNotReadyError(JoulesError):
@@ -122,6 +154,10 @@ class OptimizeError(JoulesError):
 
 class PassSkipped(OptimizeError):
     """A pass does not apply to this model (or cannot run here); the message says why."""
+
+
+class PassFailed(OptimizeError):
+    """A pass raised an unexpected error (a bug or a broken input, not "does not apply"): reported as failed."""
 
 
 # -- bench -----------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ variables (``JOULES_*``), ``$JOULES_HOME/config.yaml``, the defaults below.
 
     watts_per_core: 2.7      # power of one busy hardware thread (default: CPU TDP table)
     static_watts: 10         # memory + idle power of the instance (default: CCF coefficients)
-    region: eu-west-3        # grid carbon intensity (meter/grid.py); or grid_g_per_kwh: 56
+    region: eu-west-3        # grid carbon intensity (grid.py); or grid_g_per_kwh: 56
     price_per_hour: 0.085    # the instance's price in USD
     vcpus: 2                 # the instance's vCPUs (default: this machine's)
 """
@@ -27,7 +27,7 @@ from joules.errors import ConfigError
 DEFAULT_HOME = ".joules"
 
 # Modelled power of one busy hardware thread when the CPU is not in the TDP table
-# (meter/hardware.py): Cloud Carbon Footprint's average max watts per vCPU for AWS.
+# (hardware.py): Cloud Carbon Footprint's average max watts per vCPU for AWS.
 DEFAULT_WATTS_PER_CORE = 3.5
 
 # AWS EC2 c6i.large (2 vCPU, 4 GiB), Linux on-demand in us-east-1: $0.085 per hour
@@ -42,19 +42,19 @@ def joules_home() -> Path:
 
 
 def _detected_watts_per_core() -> float:
-    from joules.meter.hardware import detect_cpu_power
+    from joules.hardware import detect_cpu_power
 
     return detect_cpu_power().watts_per_thread
 
 
 def _detected_static_watts() -> float:
-    from joules.meter.hardware import detect_static_watts
+    from joules.hardware import detect_static_watts
 
     return detect_static_watts()
 
 
 def _detected_vcpus() -> int:
-    from joules.meter.hardware import vcpus
+    from joules.hardware import vcpus
 
     return vcpus()
 
@@ -90,7 +90,7 @@ class Settings:
         """gCO2e per kWh: ``grid_g_per_kwh`` if set, else the region's figure."""
         if self.grid_g_per_kwh is not None:
             return self.grid_g_per_kwh
-        from joules.meter.grid import grid_intensity
+        from joules.grid import grid_intensity
 
         return grid_intensity(self.region)
 

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 
 from joules.errors import ConfigError
+from joules.grid import grid_intensity
+from joules.hardware import cpu_power_for, parse_cpuinfo, static_watts_for
 from joules.meter import HEADER_CO2, HEADER_ENERGY, HEADER_USD, MODELLED, Cost, CostModel, Measurement, job_cost
-from joules.meter.grid import grid_intensity
-from joules.meter.hardware import cpu_power_for, parse_cpuinfo, static_watts_for
 from joules.meter.report import projection, savings
 from joules.settings import load_settings
 

@@ -6,6 +6,9 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+from scipy import stats
+
 from joules.bundle import Bundle, SplitDataset
 from joules.optimize import OptimizeConfig, optimize
 from joules.registry import Registry, Stage
@@ -44,8 +47,14 @@ def test_optimize_registers_a_winner_with_lineage_and_writes_the_report(spam_hom
     for v in out["variants"]:
         assert {"name", "passes", "validation", "test", "throughput_msg_s", "latency_ms", "size_mb"} <= set(v)
         assert {"f1", "f1_ci95", "accuracy", "roc_auc", "prediction_flips", "action_flips"} <= set(v["test"])
-        assert v["test"]["mcnemar_vs_original"]["p_value"] <= 1.0
+        mc = v["test"]["mcnemar_vs_original"]
+        discordant = mc["only_original_right"] + mc["only_variant_right"]
+        # Two classes: a flipped prediction is right for exactly one of the two models.
+        assert v["test"]["prediction_flips"] == discordant
+        low = min(mc["only_original_right"], mc["only_variant_right"])
+        assert mc["p_value"] == pytest.approx(stats.binomtest(low, discordant).pvalue if discordant else 1.0)
         assert v["latency_ms"]["p50"] > 0 and v["throughput_msg_s"] > 0 and v["peak_rss_mb"] > 0
+    assert out["failed"] == [], "a pass raised: see the error"
     skipped = {s["name"]: s["reason"] for s in out["skipped"]}
     assert "bf16" in skipped["fuse+bf16"]
     assert "not smaller" in skipped["distill-1layer+fuse"], "a 1-layer teacher has no smaller transformer student"
@@ -65,6 +74,68 @@ def test_optimize_registers_a_winner_with_lineage_and_writes_the_report(spam_hom
     assert mv.lineage[0]["step"] == "train", "the parent's lineage is kept"
     assert set(mv.metrics) == {"validation", "test"}
     Bundle.load(mv.path)
+
+
+def test_a_real_budget_end_to_end_chooses_nothing_over_it(spam_home: Path) -> None:
+    """The default budget (1 F1 point): the n-gram student, by far the fastest, trains for seconds in the
+    smoke preset and misses it; whatever is chosen is within it and beats the original."""
+    proc = run_joules(
+        "optimize", "spam", "--preset", "smoke", "--passes", "fuse,int8-dynamic,distill",
+        "--no-torch-reference", "--json", "--no-progress", home=spam_home, check=True,
+    )  # fmt: skip
+    out = json.loads(proc.stdout)
+    assert out["failed"] == []
+    original = out["original"]
+    over = []
+    for v in out["variants"]:
+        drop = (original["validation"]["f1"] - v["validation"]["f1"]) * 100
+        assert v["f1_drop_points"]["validation"] == pytest.approx(drop, abs=1e-3)
+        if drop > 1.0 + 1e-9:
+            over.append(v)
+            assert v["verdict"].startswith("over budget"), (v["name"], drop, v["verdict"])
+    assert over, "no variant missed the budget: the check below would be empty"
+    fastest = max(out["variants"], key=lambda v: v["throughput_msg_s"])
+    assert fastest in over, f"the fastest variant {fastest['name']} is within budget: the budget decided nothing"
+    chosen = out["chosen"]
+    registry = Registry(Settings(home=spam_home))
+    if chosen is None:
+        assert "nothing registered" in out["selection"] and registry.get("spam").version == 1
+        assert [mv.version for mv in registry.list("spam")] == [1]
+    else:
+        winner = next(v for v in out["variants"] if v["name"] == chosen["variant"])
+        assert winner not in over and winner["verdict"].startswith("chosen")
+        assert winner["throughput_msg_s"] > original["throughput_msg_s"]
+        assert registry.get(f"spam:{chosen['version']}").metrics["validation"]["f1"] == winner["validation"]["f1"]
+    report = json.loads(Path(out["report"]).read_text())
+    best = report["comparisons"].get("best_student")
+    assert best is not None and best["variant"] not in {v["name"] for v in over}
+
+
+def test_a_pass_that_raises_is_reported_as_failed_not_skipped(
+    spam_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bug in a pass (injected here) is FAILED in the JSON, the report and the exit status;
+    the recipes built on it fail with it, and the rest of the run still reports."""
+    from joules.cli.main import main
+    from joules.optimize.passes.fuse import Fuse
+
+    def broken(self: Fuse, bundle: Bundle, out: Path, ctx: object) -> None:
+        raise RuntimeError("injected fault in fuse")
+
+    monkeypatch.setattr(Fuse, "__call__", broken)
+    code = main(["optimize", "spam", "--preset", "smoke", "--passes", "fuse,int8-dynamic,bf16",
+                 "--no-torch-reference", "--json", "--no-progress"])  # fmt: skip
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert code == 1, "a failed pass sets the exit status"
+    failed = {f["name"]: f["error"] for f in out["failed"]}
+    assert set(failed) == {"fuse", "fuse+int8-dynamic", "fuse+bf16"}
+    assert all("RuntimeError: injected fault in fuse" in e for e in failed.values())
+    assert not {s["name"] for s in out["skipped"]} & set(failed), "failed is not skipped"
+    assert "FAILED fuse: " in captured.err
+    report = Path(out["report"])
+    assert json.loads(report.read_text())["failed"] == out["failed"]
+    assert "**FAILED** `fuse`" in (report.parent / "report.md").read_text()
 
 
 def test_promote_makes_the_winner_production(spam_home: Path) -> None:

@@ -13,7 +13,7 @@ from joules.optimize.passes import Fuse, PassContext, graph
 from joules.runtime import Predictor
 
 TEXTS = [
-    "",
+    "k",  # the shortest text a model is given ("" is refused by admission, in every mode)
     "ok",
     "URGENT! You have won a 1 week FREE membership in our 100,000 Prize Jackpot! Txt CLAIM to 81010",
     "I'll be home soon, don't wait up " * 20,

@@ -50,7 +50,8 @@ def test_plot_is_a_png_and_markdown_has_the_table(tmp_path: Path) -> None:
         "chosen": {"name": "spam", "version": 2, "variant": "fuse+int8-dynamic", "stage": "none"},
         "selection": "chosen fuse+int8-dynamic",
         "skipped": [{"name": "fuse+bf16", "reason": "no bf16 here"}],
-        "targets": {"int8_vs_fused": {"throughput_ratio": 1.9}},
+        "failed": [{"name": "prune50+fuse", "passes": ["prune", "fuse"], "error": "prune: RuntimeError: boom"}],
+        "comparisons": {"throughput_vs_parent": {"fuse+int8-dynamic": {"parent": "fuse", "throughput_ratio": 1.9}}},
         "seconds": {"total": 12.0},
         "machine": {"cpu": "x", "cores": 2, "python": "3", "onnxruntime": "1", "load_average": [1, 1, 1]},
     }
@@ -60,3 +61,5 @@ def test_plot_is_a_png_and_markdown_has_the_table(tmp_path: Path) -> None:
     text = markdown(data, "plot.png")
     assert "| " + " | ".join(HEADERS) + " |" in text
     assert "Registered as spam:2" in text and "no bf16 here" in text and "![" in text
+    assert "**FAILED** `prune50+fuse`: prune: RuntimeError: boom" in text
+    assert text.index("## FAILED") < text.index("## Skipped"), "failures come first, apart from skips"

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,10 @@ import pytest
 from joules.bundle import Bundle
 from joules.decide import RuleSet
 from joules.errors import InputError
-from joules.runtime import Predictor, RuntimeOptions
+from joules.meter import EnergyMeter
+from joules.meter.counters import detect_counters
+from joules.runtime import Prediction, Predictor, RuntimeOptions, isolate
+from joules.runtime.preprocess import cut_text
 
 TEXTS = [
     "ok",
@@ -45,17 +49,29 @@ def test_rows_are_grouped_by_length_into_sub_batches(tiny_bundle_dir: Path) -> N
     assert result.tokens[0] < 10, "no fixed padding to 128 (the MiniLM tokenizer.json pads by default)"
 
 
-def test_results_carry_labels_actions_and_energy(predictor: Predictor) -> None:
+def test_results_carry_labels_actions_and_energy(tiny_bundle_dir: Path) -> None:
+    # No energy counters: modelled on every host, RAPL or not, so the formula below is the one used.
+    predictor = Predictor(Bundle.load(tiny_bundle_dir), meter=EnergyMeter(counters=[]))
     result = predictor.predict_texts(TEXTS)
     assert set(result.labels) <= {"ham", "spam"}
     assert set(result.actions) <= {"move_to_spam", "flag_for_review", "deliver_to_inbox"}
-    rec = result.records()[0]
+    rec = result.rows()[0].to_dict()
     assert set(rec) == {"label", "probabilities", "action"} and set(rec["probabilities"]) == {"ham", "spam"}
+    rows = result.rows()
+    assert all(r.cost.energy_j > 0 and r.cost.usd > 0 and r.cost.co2_g > 0 for r in rows)
+    assert sum(r.cost.energy_j for r in rows) == pytest.approx(result.measurement.energy_j)
     m = result.measurement
     assert m.wall_s > 0 and m.cpu_s >= 0
     assert m.energy_j == pytest.approx(m.cpu_s * predictor.meter.watts_per_core + m.static_j)
     assert m.static_j > 0 and m.method == "modelled"
     assert predictor.stats.rows >= len(TEXTS)
+
+
+def test_the_default_meter_measures_where_the_host_has_counters(predictor: Predictor) -> None:
+    """RAPL (or NVML) readable: measured; otherwise modelled. The label follows the host."""
+    has_cpu_counter = any(c.kind == "cpu" for c in detect_counters())
+    m = predictor.predict_texts(TEXTS).measurement
+    assert m.method == ("measured" if has_cpu_counter else "modelled") and m.energy_j > 0
 
 
 def test_rules_override(tiny_bundle_dir: Path) -> None:
@@ -71,9 +87,10 @@ def test_rules_override(tiny_bundle_dir: Path) -> None:
     [
         ([], "empty batch"),
         ("just a string", "expected a list of texts"),
-        (["fine", 5], "text 1 must be a string, got int"),
-        ([None], "text 0 must be a string, got NoneType"),
-        ([{"txt": "x"}], "instance 0 has no 'text' field"),
+        (["fine", 5], "row 1: field 'text' must be a string, got int"),
+        ([None], "row 0: missing field 'text'"),
+        ([{"txt": "x"}], "row 0: missing field 'text'"),
+        (["fine", "   "], "row 1: field 'text' is empty or only whitespace"),
     ],
 )
 def test_clear_errors(predictor: Predictor, inputs: object, message: str) -> None:
@@ -106,12 +123,16 @@ def test_tensor_models_check_names_shapes_and_rows(tmp_path: Path) -> None:
     assert out.probabilities.shape == (7, 3) and out.calls == 3 and out.actions == [None] * 7
     with pytest.raises(InputError, match="missing \\['x'\\], unknown \\['y'\\]"):
         p.predict({"y": np.ones((1, 4))})
-    with pytest.raises(InputError, match="dimension 1 must be 4"):
+    with pytest.raises(InputError, match=r"row 0: field 'x' has shape \[5\]; the model takes \[4\]"):
         p.predict({"x": np.ones((2, 5))})
-    with pytest.raises(InputError, match="2 dimensions"):
+    with pytest.raises(InputError, match=r"has shape \[\]"):
         p.predict({"x": np.ones(4)})
-    with pytest.raises(InputError, match="cannot be read as float32"):
+    with pytest.raises(InputError, match="field 'x' must hold numbers"):
         p.predict({"x": [["a", "b", "c", "d"]]})
+    with pytest.raises(InputError, match="row 1: field 'x' holds a value that is not finite"):
+        p.predict({"x": [[1, 2, 3, 4], [1, np.nan, 3, 4]]})
+    with pytest.raises(InputError, match="not finite"):
+        p.predict({"x": [[1e39, 2, 3, 4]]})  # float32 overflow
     with pytest.raises(InputError, match="takes tensors"):
         p.predict(["text"])
 
@@ -147,3 +168,114 @@ def test_spinning_is_off_unless_asked_and_then_bounded(tiny_bundle_dir: Path) ->
         ServeConfig(spin_us=-1)
     with pytest.raises(ConfigError, match="spin_duration_us"):
         RuntimeOptions(allow_spinning=True, spin_duration_us=0)
+
+
+def _linear(tmp_path: Path, w: np.ndarray, **preprocess: object) -> Predictor:
+    """x [N, 2] @ w [2, 2] -> softmax: a model whose output overflows when x is large."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from joules.bundle import BundleSpec
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["logits"])],
+        "lin",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
+        [numpy_helper.from_array(w.astype(np.float32), "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    BundleSpec.from_dict(
+        {
+            "name": "lin",
+            "task": "classification",
+            "inputs": [{"name": "x", "dtype": "float32", "shape": ["batch", 2]}],
+            "preprocess": {"kind": "tensors", **preprocess},
+            "postprocess": {"output": "logits", "labels": ["no", "yes"]},
+            "rules": {"rules": [{"when": "yes >= 0.5", "action": "act"}], "default": "wait"},
+        }
+    ).write(tmp_path)
+    return Predictor(Bundle.load(tmp_path))
+
+
+def test_a_non_finite_output_never_becomes_a_label_or_an_action(tmp_path: Path) -> None:
+    p = _linear(tmp_path, np.array([[1.0, -1.0], [1.0, -1.0]]))
+    rows = p.predict_values([p.admit({"x": [1, 2]}), p.admit({"x": [3e38, 3e38]}), p.admit({"x": [0, -1]})])
+    ok, bad, other = rows
+    assert isinstance(ok, Prediction) and ok.label == "no" and ok.action == "wait"
+    assert isinstance(bad, Prediction) and bad.error == "model output is not finite"
+    assert bad.label is None and bad.action is None and bad.probabilities is None
+    assert bad.cost.energy_j > 0, "the row still used the model: it pays its share"
+    assert isinstance(other, Prediction) and other.label == "yes" and other.action == "act"
+
+
+def test_non_finite_inputs_are_refused_unless_the_bundle_allows_them(tmp_path: Path) -> None:
+    strict = _linear(tmp_path / "a", np.eye(2))
+    for value in ([float("nan"), 1], [float("inf"), 1], [1e39, 1], "[NaN, 1]", b"[1, Infinity]"):
+        with pytest.raises(InputError, match="field 'x' holds a value that is not finite"):
+            strict.admit({"x": value})
+    lenient = _linear(tmp_path / "b", np.eye(2), allow_non_finite=True)
+    assert np.isnan(lenient.admit({"x": [float("nan"), 1]})["x"][0])
+
+
+def test_a_row_that_makes_the_model_fail_is_isolated(tiny_bundle_dir: Path) -> None:
+    """One failing row costs its own answer, not its neighbours' (split down to it)."""
+    p = Predictor(Bundle.load(tiny_bundle_dir), options=RuntimeOptions(max_batch_size=8))
+    poison = "poison pill"
+    real = p._call
+
+    def call(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        if (feeds["input_ids"] == p.text.tokenizer.token_to_id("poison")).any():  # type: ignore[union-attr]
+            raise RuntimeError("the model cannot take this row")
+        return real(feeds)
+
+    p._call = call  # type: ignore[method-assign]
+    texts = [f"hello number {i}" for i in range(7)]
+    texts.insert(3, poison)
+    rows = p.predict_values([p.admit({"text": t}) for t in texts])
+    assert isinstance(rows[3], RuntimeError)
+    assert all(isinstance(r, Prediction) and r.label for i, r in enumerate(rows) if i != 3)
+
+
+def test_isolate_splits_down_to_the_failing_items() -> None:
+    calls: list[list[int]] = []
+
+    def call(items: Sequence[int]) -> list[int]:
+        calls.append(list(items))
+        if 5 in items:
+            raise ValueError("five")
+        return [i * 10 for i in items]
+
+    out = isolate(call, list(range(8)))
+    assert out[:5] == [0, 10, 20, 30, 40] and out[6:] == [60, 70]
+    assert isinstance(out[5], ValueError)
+    assert len(calls) <= 1 + 2 * 3, "halves, not one call per item"
+
+
+SMS_FILE = Path(__file__).resolve().parents[2] / "data" / "sms_spam_collection" / "SMSSpamCollection.tsv"
+
+
+def test_long_texts_are_cut_before_tokenizing_without_changing_their_tokens(predictor: Predictor) -> None:
+    pre = predictor.text
+    assert pre is not None
+    whole = pre.tokenizer  # truncation on: the first max_length tokens of the whole text
+    sms = [line.split("\t", 1)[1].rstrip("\n") for line in SMS_FILE.open(encoding="utf-8")][:2000]
+    long = [" ".join(sms[i : i + 60]) for i in range(0, 1200, 60)] + [
+        "spam " * 200_000,  # 1 MB
+        "x" * 50_000,  # one giant word
+        " " * 100_000 + "hello there " * 10,  # the words start after the cut bound
+        "\n\t ".join(["Émile's café, naïve résumé"] * 3000),
+        "é" * 300 + " " + "word " * 2000,
+    ]
+    for text in [*sms, *long]:
+        got = pre.encode([text])[0]
+        assert got.ids == whole.encode(text).ids, text[:60]
+    assert pre.cut_chars < 10_000, "the bound is a few thousand characters for 128 tokens"
+
+
+def test_cut_text_ends_at_whitespace() -> None:
+    assert cut_text("hello world again", 13) == "hello world"
+    assert cut_text("abcdefgh", 4) == "abcd"

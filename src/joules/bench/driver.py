@@ -18,7 +18,7 @@ from joules.bench.http import build_request, parse_url
 from joules.bench.search import SearchResult, Verdict, find_max_qps, judge
 from joules.bench.stats import latency_summary_ms, poisson_schedule, sample_order
 from joules.errors import BenchError
-from joules.meter import CostModel
+from joules.meter import CostModel, modelled
 from joules.registry.names import parse_ref
 from joules.settings import Settings, load_settings
 
@@ -312,17 +312,26 @@ class Bench:
         cpu = raw.get("server_cpu_s")
         if cpu is not None and n:
             s = self.settings
-            energy = cpu * s.watts_per_core + wall * s.static_watts
+            how = f"server process tree CPU-s x {s.watts_per_core:g} W + {s.static_watts:g} W static x run wall time"
+            # The meter's energy model and the one pricing function, over the whole server process.
+            cost = self.prices.price(
+                modelled(cpu, wall, watts_per_core=s.watts_per_core, static_watts=s.static_watts, how=how)
+            )
             out.update(
                 server_pid=self.config.server_pid,
                 cpu_s=round(cpu, 3),
                 cpu_ms_per_query=round(1000.0 * cpu / n, 4),
-                modelled_energy_j_per_1000=round(1000.0 * energy / n, 4),
-                modelled_energy_how=(
-                    f"server process tree CPU-s x {s.watts_per_core:g} W + {s.static_watts:g} W static x run wall time"
-                ),
+                modelled_energy_j_per_1000=round(1000.0 * cost.energy_j / n, 4),
+                modelled_usd_per_1000=1000.0 * cost.usd / n,
+                modelled_co2_g_per_1000=1000.0 * cost.co2_g / n,
+                modelled_energy_how=how,
             )
         before, after = raw.get("metrics_before") or {}, raw.get("metrics_after") or {}
+        calls = after.get("joules_batch_size_count", 0.0) - before.get("joules_batch_size_count", 0.0)
+        if calls > 0:  # the server's dynamic batching, seen from its /metrics
+            rows = after.get("joules_batch_size_sum", 0.0) - before.get("joules_batch_size_sum", 0.0)
+            out["model_calls"] = int(calls)
+            out["rows_per_call"] = round(rows / calls, 2)
         if n and "joules_energy_joules_total" in after:
             delta = {k: after[k] - before.get(k, 0.0) for k in after}
             out["reported_per_1000"] = {

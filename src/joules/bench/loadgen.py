@@ -96,13 +96,15 @@ class HttpIssuer:
             resp = await self.pool.request(raw, 10.0)
         except HttpError:
             return {}
-        return parse_counters(resp.body.decode("utf-8", "replace")) if resp.status == 200 else {}
+        return parse_counters(resp.body.decode("utf-8", "replace"), SERVER_COUNTERS) if resp.status == 200 else {}
 
     def close(self) -> None:
         self.pool.close()
 
 
 COST_COUNTERS = ("joules_energy_joules_total", "joules_cost_usd_total", "joules_co2_grams_total")
+# Read around a run as well when the server has them (`joules serve` does): rows per model call.
+SERVER_COUNTERS = (*COST_COUNTERS, "joules_batch_size_sum", "joules_batch_size_count")
 
 
 def parse_counters(text: str, names: Sequence[str] = COST_COUNTERS) -> dict[str, float]:

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from joules.bench.driver import BenchReport
+
+class BenchReport(Protocol):
+    """What the plots read of a report (``driver.BenchReport``; a Protocol, so plots import nothing of driver)."""
+
+    @property
+    def config(self) -> Any: ...
+    @property
+    def result(self) -> Any: ...
+    @property
+    def search(self) -> Any: ...
 
 
 def write_plots(report: BenchReport, directory: Path) -> list[Path]:

@@ -9,6 +9,7 @@ from typing import Any
 
 from joules.bundle.graph import read_graph
 from joules.bundle.inputs import ARRAY_KINDS, array_shape
+from joules.bundle.paths import external_data_locations, resolve_inside
 from joules.bundle.safety import scan_directory
 from joules.bundle.spec import SPEC_FILE, TOKENIZER_INPUTS, BundleSpec
 from joules.errors import BundleError
@@ -56,8 +57,17 @@ class Bundle:
         rel = self.spec.files.get(role)
         return self.path / rel if rel else None
 
+    def named_files(self) -> list[tuple[str, str]]:
+        """(what, path) for every file ``joules.yaml`` names: each must be inside the bundle. A new spec
+        field that names a file belongs here."""
+        spec = self.spec
+        named = [("model file", spec.model), ("tokenizer file", spec.preprocess.tokenizer)]
+        return named + [(f"the {role} file", rel) for role, rel in spec.files.items()]
+
     def validate(self, *, check_model: bool = True) -> None:
         spec = self.spec
+        for what, rel in self.named_files():
+            resolve_inside(self.path, rel, what)
         if not self.model_path.is_file():
             raise BundleError(f"bundle {str(self.path)!r}: model file {spec.model!r} is missing")
         if spec.preprocess.tokenized and not self.tokenizer_path.is_file():
@@ -65,12 +75,26 @@ class Bundle:
         for role, rel in spec.files.items():
             if not (self.path / rel).is_file():
                 raise BundleError(f"bundle {str(self.path)!r}: the {role} file {rel!r} named in {SPEC_FILE} is missing")
-        if check_model:
+        if spec.generation is not None and spec.generation.weights_only:
+            for role in ("weights_config", "weights"):
+                if role not in spec.files:
+                    raise BundleError(
+                        f"bundle {str(self.path)!r}: a weights-only bundle names its {role} file in {SPEC_FILE} files"
+                    )
+        elif check_model:
             self._check_graph()
 
     def _check_graph(self) -> None:
         """The ONNX graph's inputs and outputs agree with joules.yaml (reads the graph, not the weights)."""
         model = read_graph(self.model_path)
+        model_dir = Path(self.spec.model).parent
+        for location in external_data_locations(model):
+            # ONNX Runtime reads external data relative to the model file's directory.
+            rel = str(model_dir / location) if location and not Path(location).is_absolute() else location
+            if not resolve_inside(self.path, rel, f"the external data of {self.spec.model!r}").is_file():
+                raise BundleError(
+                    f"bundle {str(self.path)!r}: {rel!r}, the external data of {self.spec.model!r}, is missing"
+                )
         initializers = {i.name for i in model.graph.initializer}
         graph_inputs = [i.name for i in model.graph.input if i.name not in initializers]
         outputs = [o.name for o in model.graph.output]

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from joules.bundle.generation import GenerationSpec
 from joules.bundle.inputs import KIND_SETTINGS, TOKENIZED_KINDS
 from joules.bundle.inputs import resolve as resolve_kind
 from joules.decide import RuleSet
@@ -30,6 +31,7 @@ TOKENIZER_INPUTS = {"input_ids": "ids", "attention_mask": "attention_mask", "tok
 class Task(StrEnum):
     TEXT_CLASSIFICATION = "text-classification"
     CLASSIFICATION = "classification"  # numeric tensors in, classes out
+    TEXT_GENERATION = "text-generation"  # a causal language model: text in, text out (generation.py)
 
 
 class Activation(StrEnum):
@@ -64,6 +66,9 @@ class Preprocess:
     tokenizer: str = "tokenizer.json"
     max_length: int = DEFAULT_MAX_LENGTH
     text_field: str = "text"
+    # Admission refuses NaN and infinities in numeric inputs (a model cannot rank them); a model
+    # built to take them (missing values as NaN, say) says so here.
+    allow_non_finite: bool = False
     # tabular and image: the graph input they fill and its float dtype.
     input: str | None = None
     dtype: str | None = None
@@ -91,6 +96,8 @@ class Preprocess:
             object.__setattr__(self, name, value)
         if not isinstance(self.max_length, int) or not 1 <= self.max_length <= 8192:
             raise BundleError(f"preprocess.max_length must be a whole number in [1, 8192], got {self.max_length!r}")
+        if not isinstance(self.allow_non_finite, bool):
+            raise BundleError(f"preprocess.allow_non_finite must be true or false, got {self.allow_non_finite!r}")
 
     @property
     def tokenized(self) -> bool:
@@ -149,6 +156,8 @@ class BundleSpec:
     # Optional files with a role: "weights" (config.json + model.safetensors for fine-tuning),
     # "dataset" (the split the metrics were measured on).
     files: dict[str, str] = field(default_factory=dict)
+    # text-generation only: the decoder's shape, context length, special tokens, chat template.
+    generation: GenerationSpec | None = None
     format: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -164,6 +173,15 @@ class BundleSpec:
                 f"a text-classification bundle needs a preprocess.kind that feeds its tokenizer "
                 f"({' or '.join(TOKENIZED_KINDS)}), got {self.preprocess.kind!r}"
             )
+        if self.task is Task.TEXT_GENERATION:
+            if self.generation is None:
+                raise BundleError("a text-generation bundle needs a generation section (see docs/generate.md)")
+            if self.preprocess.kind != "text":
+                raise BundleError("a text-generation bundle needs preprocess.kind: text (its tokenizer)")
+            if self.rules is not None:
+                raise BundleError("a text-generation bundle cannot carry decision rules: its output is text")
+        elif self.generation is not None:
+            raise BundleError(f"a {self.task} bundle cannot have a generation section (only text-generation)")
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -182,6 +200,7 @@ class BundleSpec:
         d["postprocess"]["labels"] = list(self.postprocess.labels)
         d["inputs"] = [{**asdict(i), "shape": list(i.shape)} for i in self.inputs]
         d["lineage"] = list(self.lineage)
+        d["generation"] = self.generation.to_dict() if self.generation is not None else None
         order = [
             "format",
             "name",
@@ -195,6 +214,8 @@ class BundleSpec:
             "lineage",
             "metrics",
         ]
+        if self.generation is not None:
+            order.insert(order.index("rules"), "generation")
         return {k: d[k] for k in order}
 
     def write(self, directory: Path) -> Path:
@@ -210,8 +231,10 @@ class BundleSpec:
             inputs = tuple(TensorSpec(**i) for i in data.get("inputs") or [])
             pre = Preprocess(**(data.get("preprocess") or {}))
             post = Postprocess(**data["postprocess"])
-            rest = {k: v for k, v in data.items() if k not in ("inputs", "preprocess", "postprocess")}
-            return cls(inputs=inputs, preprocess=pre, postprocess=post, **rest)
+            gen = data.get("generation")
+            generation = GenerationSpec.from_dict(gen) if gen is not None else None
+            rest = {k: v for k, v in data.items() if k not in ("inputs", "preprocess", "postprocess", "generation")}
+            return cls(inputs=inputs, preprocess=pre, postprocess=post, generation=generation, **rest)
         except KeyError as e:
             raise BundleError(f"{source}: missing required field {e.args[0]!r}") from e
         except TypeError as e:

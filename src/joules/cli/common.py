@@ -3,16 +3,49 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 from joules.errors import RuleError
 
 
+def default(cls: type, name: str) -> Any:
+    """The default of field ``name`` of the configuration dataclass ``cls``: flags read their
+    defaults from the dataclasses, so a command with no flags runs the dataclass's defaults."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+            raise TypeError(f"{cls.__name__}.{name} has no default")
+    raise TypeError(f"{cls.__name__} has no field {name!r}")
+
+
 def add_predict_options(p: argparse.ArgumentParser) -> None:
+    from joules.runtime.options import RuntimeOptions
+
     p.add_argument("--rules", type=Path, help="a rule file that overrides the bundle's default rules")
-    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: one per core)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=default(RuntimeOptions, "intra_op_threads"),
+        help="ONNX Runtime intra-op threads (0: one per core; default %(default)s)",
+    )
     p.add_argument("--providers", help="comma-separated ONNX Runtime execution providers (default: best available)")
+
+
+def add_text_limit(p: argparse.ArgumentParser) -> None:
+    from joules.runtime.options import RuntimeOptions
+
+    p.add_argument(
+        "--max-text-bytes",
+        type=int,
+        default=default(RuntimeOptions, "max_text_bytes"),
+        help="longer texts are refused (the same rule and reason in every mode); "
+        "shorter ones are cut to the model's token limit (default %(default)s)",
+    )
 
 
 def runtime_options(args: argparse.Namespace, **overrides: Any) -> Any:

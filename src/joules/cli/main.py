@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "joules.cli.stream",
     "joules.cli.bench",
     "joules.cli.cost",
+    "joules.cli.worker",
 ]
 
 

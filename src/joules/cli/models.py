@@ -44,6 +44,12 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--rules", type=Path, help="a rule file to carry as the bundle's default rules")
     p.add_argument("--max-length", type=int, help="token limit for text models (default 128)")
     p.add_argument("--promote", action="store_true", help="make the imported version the production one")
+    p.add_argument(
+        "--weights-only",
+        action="store_true",
+        help="a causal LM directory registered as its safetensors weights, without ONNX export or parity run "
+        "(for models too large to export or hold whole; served with --tensor-parallel N, see docs/parallel.md)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_import)
 
@@ -158,6 +164,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         rules=rules,
         promote=args.promote,
         max_length=args.max_length,
+        weights_only=args.weights_only,
     )
     if args.json:
         print_json(m.to_dict())

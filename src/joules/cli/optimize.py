@@ -66,6 +66,7 @@ def summary(state: Any) -> dict[str, Any]:
         "variants": [record(c, state.original, verdicts.get(c.name)) for c in state.variants],
         "references": [record(r, state.original) for r in state.references],
         "skipped": state.skipped,
+        "failed": state.failed,
         "seconds": state.seconds,
     }
 
@@ -92,16 +93,23 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     with contextlib.redirect_stdout(sys.stderr):
         state = optimize(args.ref, config)
     out = summary(state)
+    # A pass that raised (not one that does not apply) is a bug or a broken input: the run still
+    # reports everything else, and the exit status (1) says that something failed.
+    code = 1 if out["failed"] else 0
     if args.json:
         print_json(out)
-        return 0
+        for f in out["failed"]:
+            info(f"FAILED {f['name']}: {f['error']}")
+        return code
     data = {"original": out["original"], "variants": out["variants"], "references": out["references"]}
     print_table(table_rows(data), HEADERS)
     for s in out["skipped"]:
         info(f"skipped {s['name']}: {s['reason']}")
+    for f in out["failed"]:
+        info(f"FAILED {f['name']}: {f['error']}")
     print(out["selection"])
     if out["chosen"]:
         c = out["chosen"]
         print(f"registered {c['name']}:{c['version']} ({c['variant']}, stage {c['stage']})")
     print(f"report: {out['markdown']}\nplot: {out['plot']}")
-    return 0
+    return code

@@ -6,8 +6,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from joules.cli.common import add_predict_options, runtime_options
+from joules.cli.common import add_predict_options, add_text_limit, default, runtime_options
 from joules.cli.output import info, print_json, print_table
+from joules.runtime.options import RuntimeOptions
+from joules.serve.batch.config import BatchConfig
 
 
 def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
@@ -22,9 +24,18 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("ref", metavar="NAME[:VERSION]")
     p.add_argument("input", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True)
-    p.add_argument("--text-column", default="text")
-    p.add_argument("--id-column", default="id")
-    p.add_argument("--batch-size", type=int, default=64, help="rows per model call (default 64)")
+    p.add_argument(
+        "--text-column",
+        default=default(BatchConfig, "text_column"),
+        help="the column holding a text model's text (default: the model's text field, usually 'text')",
+    )
+    p.add_argument("--id-column", default=default(BatchConfig, "id_column"), help="(default %(default)s)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=default(RuntimeOptions, "max_batch_size"),
+        help="rows per model call, the same default as serve and stream (default %(default)s)",
+    )
     p.add_argument(
         "--chunk-rows", type=int, help="rows per checkpoint (default: sized so a checkpoint is written every ~2 s)"
     )
@@ -33,6 +44,7 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--overwrite", action="store_true", help="start over, replacing the output and any checkpoint")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    add_text_limit(p)
     add_predict_options(p)
     p.set_defaults(func=cmd_batch)
 
@@ -44,36 +56,39 @@ def _predictor(args: argparse.Namespace, **options: Any) -> Any:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from joules.errors import OutputError
+
     predictor = _predictor(args)
     result = predictor.predict_texts(args.texts)
-    records = result.records()
+    rows = result.rows()
+    for i, r in enumerate(rows):
+        if r.error is not None:
+            raise OutputError(f"text {i}: {r.error}; no label or action is given for it")
     if args.json:
         print_json(
             {
                 "model": predictor.name,
                 "version": predictor.version,
-                "predictions": records,
+                "predictions": [r.to_dict() for r in rows],
                 "energy_j": result.measurement.energy_j,
             }
         )
         return 0
-    rows = [
+    table = [
         [
             t if len(t) <= 50 else t[:47] + "...",
-            r["label"],
-            " ".join(f"{k}={v:.4f}" for k, v in r["probabilities"].items()),
-            r["action"] or "",
+            r.label,
+            " ".join(f"{k}={v:.4f}" for k, v in (r.probabilities or {}).items()),
+            r.action or "",
         ]
-        for t, r in zip(args.texts, records, strict=True)
+        for t, r in zip(args.texts, rows, strict=True)
     ]
-    print_table(rows, ["text", "label", "probabilities", "action"])
+    print_table(table, ["text", "label", "probabilities", "action"])
     return 0
 
 
-def cmd_batch(args: argparse.Namespace) -> int:
-    from joules.serve.batch import BatchConfig, run_batch
-
-    config = BatchConfig(
+def batch_config_from_args(args: argparse.Namespace) -> BatchConfig:
+    return BatchConfig(
         input=args.input,
         output=args.output,
         text_column=args.text_column,
@@ -84,7 +99,15 @@ def cmd_batch(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
-    predictor = _predictor(args, max_batch_size=args.batch_size, allow_spinning=True)
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from joules.serve.batch import run_batch
+
+    config = batch_config_from_args(args)
+    predictor = _predictor(
+        args, max_batch_size=args.batch_size, max_text_bytes=args.max_text_bytes, allow_spinning=True
+    )
     summary = run_batch(predictor, config).to_dict()
     if args.json:
         print_json(summary)
@@ -95,6 +118,11 @@ def cmd_batch(args: argparse.Namespace) -> int:
         f"at {summary['rows_per_s']:,.0f} rows/s"
     )
     print_table([[k, v] for k, v in summary["actions"].items()], ["action", "rows"])
-    print(f"modelled energy {summary['energy_j']:.1f} J ({summary['energy_j_per_1000']:.2f} J per 1,000 predictions)")
+    total, per = summary["cost"]["total"], summary["cost"]["per_1000"]
+    print(
+        f"{summary['cost']['method']} energy {total['energy_j']:.1f} J, ${total['usd']:.6f}, "
+        f"{total['co2_g']:.4f} g CO2 "
+        f"({per['energy_j']:.2f} J, ${per['usd']:.6f}, {per['co2_g']:.4f} g CO2 per 1,000 predictions)"
+    )
     print(f"output: {summary['output']}")
     return 0

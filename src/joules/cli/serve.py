@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from joules.cli.common import default
 from joules.cli.cost import add_pricing_options, pricing_overrides
+from joules.runtime.batching import BatchingConfig
+from joules.serve.online.config import ServeConfig
 
 
 def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
@@ -17,47 +21,130 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
         "named) and follow promotions without dropping a request.",
     )
     p.add_argument("models", nargs="*", metavar="NAME", help="models to serve (default: every production model)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-batch-size", type=int, default=32, help="rows per model call (default 32)")
+    d = partial(default, ServeConfig)
+    b = partial(default, BatchingConfig)
+    p.add_argument("--host", default=d("host"), help="address to listen on (default %(default)s)")
+    p.add_argument("--port", type=int, default=d("port"), help="(default %(default)s)")
+    p.add_argument(
+        "--max-batch-size", type=int, default=b("max_batch_size"), help="rows per model call (default %(default)s)"
+    )
     p.add_argument(
         "--max-batch-tokens",
         type=int,
-        default=1024,
-        help="padded tokens per model call, text models (default 1024): bounds how long one call takes",
+        default=b("max_batch_tokens"),
+        help="padded tokens per model call, text models (default %(default)s): bounds how long one call takes",
     )
     p.add_argument(
         "--batch-window",
         type=int,
-        default=64,
+        default=b("window_rows"),
         help="rows gathered from the queue at once and cut by length into model calls of at most "
-        "--max-batch-size rows (default 64; --max-batch-size or less: no wider window)",
+        "--max-batch-size rows (default %(default)s; --max-batch-size or less: no wider window)",
     )
     p.add_argument(
         "--max-queue-delay-ms",
         type=float,
-        default=2.0,
-        help="longest wait for a fuller batch while another call runs (default 2)",
+        default=b("max_queue_delay_ms"),
+        help="longest wait for a fuller batch while another call runs (default %(default)s)",
     )
-    p.add_argument("--max-queue", type=int, default=1024, help="requests waiting before 503 (default 1024)")
     p.add_argument(
-        "--timeout-ms", type=float, default=1000.0, help="deadline of each request: 504 after (default 1000)"
+        "--max-queue", type=int, default=b("max_queue"), help="requests waiting before 503 (default %(default)s)"
     )
-    p.add_argument("--instances", type=int, default=1, help="model calls run in parallel (default 1)")
+    p.add_argument(
+        "--timeout-ms",
+        type=float,
+        default=d("timeout_ms"),
+        help="deadline of each request: 504 after (default %(default)s)",
+    )
+    p.add_argument(
+        "--instances", type=int, default=b("instances"), help="model calls run in parallel (default %(default)s)"
+    )
     p.add_argument("--rules", type=Path, help="a rule file that overrides the bundles' default rules")
     p.add_argument("--api-key-env", metavar="VAR", help="require the API key held in environment variable VAR")
-    p.add_argument("--max-body-mb", type=float, default=1.0, help="largest request body, MiB (default 1)")
-    p.add_argument("--max-instances", type=int, default=256, help="most rows in one request (default 256)")
-    p.add_argument("--cache-size", type=int, default=0, help="response cache entries per model; 0: off (default)")
-    p.add_argument("--poll-interval-s", type=float, default=2.0, help="how often to look for promotions (default 2)")
-    p.add_argument("--drain-timeout-s", type=float, default=30.0, help="graceful shutdown limit (default 30)")
-    p.add_argument("--max-connections", type=int, default=2048, help="open connections before 503 (default 2048)")
-    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads per instance (0: cores / instances)")
+    p.add_argument(
+        "--max-body-mb", type=float, default=d("max_body_mb"), help="largest request body, MiB (default %(default)s)"
+    )
+    p.add_argument(
+        "--max-instances", type=int, default=d("max_instances"), help="most rows in one request (default %(default)s)"
+    )
+    p.add_argument(
+        "--cache-size",
+        type=int,
+        default=d("cache_size"),
+        help="response cache entries per model; 0: off (default %(default)s)",
+    )
+    p.add_argument(
+        "--poll-interval-s",
+        type=float,
+        default=d("poll_interval_s"),
+        help="how often to look for promotions (default %(default)s)",
+    )
+    p.add_argument(
+        "--drain-timeout-s",
+        type=float,
+        default=d("drain_timeout_s"),
+        help="graceful shutdown limit (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=d("max_connections"),
+        help="open connections before 503; health probes are still answered (default %(default)s)",
+    )
+    p.add_argument(
+        "--threads", type=int, default=d("threads"), help="ONNX Runtime threads per instance (0: cores / instances)"
+    )
+    limit = p.add_argument_group("limits on what a client may send (docs/online.md#limits)")
+    limit.add_argument(
+        "--max-header-kb",
+        type=float,
+        default=d("max_header_kb"),
+        help="request line and headers, KiB: 431 beyond (default %(default)g)",
+    )
+    limit.add_argument(
+        "--max-headers",
+        type=int,
+        default=d("max_headers"),
+        help="header fields per request: 431 beyond (default %(default)s)",
+    )
+    limit.add_argument(
+        "--header-timeout-s",
+        type=float,
+        default=d("header_timeout_s"),
+        help="time for a request's line and headers to arrive: 408 and close after (default %(default)g)",
+    )
+    limit.add_argument(
+        "--body-timeout-s",
+        type=float,
+        default=d("body_timeout_s"),
+        help="time for a declared body to arrive after the headers: 408 and close after (default %(default)g)",
+    )
+    limit.add_argument(
+        "--keep-alive-s",
+        type=float,
+        default=d("keep_alive_s"),
+        help="an idle connection between requests is closed after this (default %(default)g)",
+    )
+    p.add_argument(
+        "--model-control",
+        choices=["none", "explicit"],
+        default=d("model_control"),
+        help="'explicit': allow POST /v2/repository/models/NAME/load and /unload (behind the API key when one is "
+        "set); 'none': refuse them with 403 (default %(default)s)",
+    )
     p.add_argument(
         "--spin-us",
         type=int,
-        default=100,
-        help="microseconds ONNX Runtime's idle threads spin for work before sleeping; 0: never spin (default 100)",
+        default=d("spin_us"),
+        help="microseconds ONNX Runtime's idle threads spin for work before sleeping; 0: never spin "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--max-text-bytes",
+        type=int,
+        default=d("max_text_bytes"),
+        help="longer texts are refused (the same rule and reason in every mode); "
+        "shorter ones are cut to the model's token limit (default %(default)s)",
     )
     p.add_argument("--providers", help="comma-separated ONNX Runtime execution providers (default: best available)")
     p.add_argument("--access-log", action="store_true", help="log every request")
@@ -66,10 +153,7 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     p.set_defaults(func=cmd_serve)
 
 
-def config_from_args(args: argparse.Namespace) -> Any:
-    from joules.runtime.batching import BatchingConfig
-    from joules.serve.online import ServeConfig
-
+def config_from_args(args: argparse.Namespace) -> ServeConfig:
     providers = tuple(x.strip() for x in args.providers.split(",")) if args.providers else None
     return ServeConfig(
         models=tuple(args.models),
@@ -96,6 +180,13 @@ def config_from_args(args: argparse.Namespace) -> Any:
         spin_us=args.spin_us,
         providers=providers,
         access_log=args.access_log,
+        max_text_bytes=args.max_text_bytes,
+        max_header_kb=args.max_header_kb,
+        max_headers=args.max_headers,
+        header_timeout_s=args.header_timeout_s,
+        body_timeout_s=args.body_timeout_s,
+        keep_alive_s=args.keep_alive_s,
+        model_control=args.model_control,
     )
 
 

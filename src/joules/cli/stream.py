@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from joules.cli.common import add_predict_options, runtime_options
+from joules.cli.common import add_predict_options, add_text_limit, default, runtime_options
 from joules.cli.output import info, print_json
+from joules.runtime.options import RuntimeOptions
+from joules.serve.stream.config import StreamConfig
 
 STREAM_EPILOG = """\
 examples:
@@ -33,41 +36,59 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--sink", help="redis://HOST:PORT/STREAM for verdicts (with a Redis source); - for stdout")
     p.add_argument("--group", help="consumer group (default: the model's name)")
     p.add_argument("--consumer", help="this consumer's name in the group (default: HOST-PID)")
-    p.add_argument("--batch-size", type=int, default=64, help="messages per micro-batch (default 64)")
-    p.add_argument("--max-wait-ms", type=int, default=20, help="close a micro-batch this long after its first message")
+    d = partial(default, StreamConfig)
     p.add_argument(
-        "--start", default="0", help="where a new group starts: 0 (the backlog, default), $ (new only), an id"
+        "--batch-size", type=int, default=d("batch_size"), help="messages per micro-batch (default %(default)s)"
+    )
+    p.add_argument(
+        "--max-wait-ms",
+        type=int,
+        default=d("max_wait_ms"),
+        help="close a micro-batch this long after its first message (default %(default)s)",
+    )
+    p.add_argument(
+        "--start",
+        default=d("start"),
+        help="where a new group starts: 0 (the backlog, default), $ (new only), an id",
     )
     p.add_argument(
         "--claim-idle-ms",
         type=int,
-        default=30_000,
-        help="claim other consumers' entries pending this long (default 30000)",
+        default=d("claim_idle_ms"),
+        help="claim other consumers' entries pending this long (default %(default)s)",
     )
     p.add_argument(
-        "--max-attempts", type=int, default=3, help="deliveries before a message is dead-lettered (default 3)"
-    )
-    p.add_argument(
-        "--max-text-bytes",
+        "--max-attempts",
         type=int,
-        default=65_536,
-        help="longer texts are dead letters (shorter: truncated by tokens)",
+        default=d("max_attempts"),
+        help="deliveries before a message is dead-lettered (default %(default)s)",
     )
+    add_text_limit(p)
     p.add_argument(
-        "--dedupe-ttl-s", type=int, default=86_400, help="keep the record that a message was answered this long"
+        "--dedupe-ttl-s",
+        type=int,
+        default=d("dedupe_ttl_s"),
+        help="keep the record that a message was answered this long (default %(default)s)",
     )
     p.add_argument("--sink-maxlen", type=int, help="trim the sink stream to about this many entries (default: never)")
-    p.add_argument("--text-field", default="text")
-    p.add_argument("--id-field", default="id")
+    p.add_argument(
+        "--text-field",
+        default=d("text_field"),
+        help="the message field holding a text model's text (default: the model's text field, usually 'text')",
+    )
+    p.add_argument("--id-field", default=d("id_field"), help="(default %(default)s)")
     p.add_argument(
         "--call-rows",
         type=int,
-        default=8,
-        help="rows per model call: a micro-batch is sorted by length and cut into calls of this many, "
-        "so each pads little (default 8)",
+        default=default(RuntimeOptions, "max_batch_size"),
+        help="rows per model call: a micro-batch is sorted by length and cut into calls of at most this many, "
+        "the same default as serve and batch (default %(default)s)",
     )
     p.add_argument(
-        "--report-every-s", type=float, default=10.0, help="a progress line on stderr this often (0: only at exit)"
+        "--report-every-s",
+        type=float,
+        default=d("report_every_s"),
+        help="a progress line on stderr this often (0: only at exit; default %(default)s)",
     )
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics at http://127.0.0.1:PORT/metrics")
     p.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
@@ -87,13 +108,11 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     p.set_defaults(func=cmd_publish)
 
 
-def cmd_stream(args: argparse.Namespace) -> int:
+def config_from_args(args: argparse.Namespace) -> StreamConfig:
     from joules.registry.names import parse_ref
-    from joules.runtime import load_predictor
-    from joules.serve.stream import StreamConfig, StreamOptions, default_consumer_name, plan_endpoints, run_stream
+    from joules.serve.stream.config import default_consumer_name
 
-    plan = plan_endpoints(args.source, args.sink)
-    config = StreamConfig(
+    return StreamConfig(
         group=args.group or parse_ref(args.ref).name,
         consumer=args.consumer or default_consumer_name(),
         batch_size=args.batch_size,
@@ -108,10 +127,17 @@ def cmd_stream(args: argparse.Namespace) -> int:
         id_field=args.id_field,
         report_every_s=args.report_every_s,
     )
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    from joules.runtime import load_predictor
+    from joules.serve.stream import StreamOptions, plan_endpoints, run_stream
+
+    plan = plan_endpoints(args.source, args.sink)
+    config = config_from_args(args)
     options = StreamOptions(metrics_port=args.metrics_port, metrics_host=args.metrics_host)
-    predictor = load_predictor(
-        args.ref, rules_file=args.rules, options=runtime_options(args, max_batch_size=args.call_rows)
-    )
+    runtime = runtime_options(args, max_batch_size=args.call_rows, max_text_bytes=args.max_text_bytes)
+    predictor = load_predictor(args.ref, rules_file=args.rules, options=runtime)
     metrics = run_stream(predictor, plan, config, options)
     summary = metrics.summary()
     if args.json:
@@ -127,7 +153,9 @@ def cmd_stream(args: argparse.Namespace) -> int:
         f"{summary['duplicates_skipped']:,} duplicates skipped in {summary['seconds']:,.1f} s "
         f"({summary['messages_per_s']:,.1f} msg/s"
         + (f", e2e p50 {lat['p50']:,.0f} ms p99 {lat['p99']:,.0f} ms" if lat["p50"] is not None else "")
-        + f"); modelled energy {summary['energy_j']:.1f} J ({summary['energy_j_per_1000']:.2f} J per 1,000 verdicts)"
+        + f"); {summary['cost']['method']} energy {summary['energy_j']:.1f} J, "
+        f"${summary['cost']['total']['usd']:.6f}, {summary['cost']['total']['co2_g']:.4f} g CO2 "
+        f"({summary['energy_j_per_1000']:.2f} J per 1,000 verdicts)"
     )
     return 0
 

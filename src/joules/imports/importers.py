@@ -37,10 +37,17 @@ def prepare_import(
     spec_file: Path | None = None,
     rules: dict[str, Any] | None = None,
     max_length: int | None = None,
+    weights_only: bool = False,
 ) -> Bundle:
     """Build a bundle for ``source`` inside ``workdir`` and return it (nothing is registered)."""
     if not source.exists():
         raise BundleError(f"nothing to import at {str(source)!r}: no such file or directory")
+    if weights_only:
+        from joules.imports.weights_only import import_weights_only
+
+        if rules is not None or spec_file is not None:
+            raise BundleError("--weights-only imports a causal LM as it is: --rules and --spec do not apply")
+        return import_weights_only(source, workdir)
     if source.is_dir():
         scan_directory(source)  # before anything is read: a pickle is refused unopened
         if (source / SPEC_FILE).is_file():
@@ -148,6 +155,7 @@ def import_model(
     rules: dict[str, Any] | None = None,
     promote: bool = False,
     max_length: int | None = None,
+    weights_only: bool = False,
 ) -> ModelVersion:
     """Import ``source`` and register it as the next version of ``name``; returns the ModelVersion."""
     validate_name(name)
@@ -158,5 +166,6 @@ def import_model(
             spec_file=Path(spec_file) if spec_file else None,
             rules=rules,
             max_length=max_length,
+            weights_only=weights_only,
         )
         return registry.register(bundle.path, name, stage=Stage.PRODUCTION if promote else Stage.NONE)

@@ -1,7 +1,7 @@
 """Energy, dollars and CO2 of model calls."""
 
 from joules.meter.cost import HEADER_CO2, HEADER_ENERGY, HEADER_METHOD, HEADER_USD, Cost, CostModel
-from joules.meter.energy import MEASURED, MODELLED, ZERO, EnergyMeter, Measurement, WorkLedger
+from joules.meter.energy import MEASURED, MODELLED, ZERO, EnergyMeter, Measurement, WorkLedger, modelled
 from joules.meter.report import job_cost, projection, savings
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "Measurement",
     "WorkLedger",
     "job_cost",
+    "modelled",
     "projection",
     "savings",
 ]

@@ -55,6 +55,14 @@ class Cost:
             how=self.how if self.how == other.how else "several methods (see the parts)",
         )
 
+    def scaled(self, share: float) -> Cost:
+        """This cost times ``share`` (a part of it: one of several rows answered by one computation)."""
+        return Cost(
+            **{k: getattr(self, k) * share for k in _SUMMED},
+            method=self.method,
+            how=self.how,
+        )
+
     def headers(self) -> dict[str, str]:
         """HTTP response headers for one request's cost."""
         return {

@@ -27,9 +27,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from joules.errors import ConfigError
+from joules.hardware import detect_cpu_power, detect_static_watts
 from joules.meter.clocks import CpuClock, default_clock
 from joules.meter.counters import EnergyCounter, detect_counters
-from joules.meter.hardware import detect_cpu_power, detect_static_watts
 
 MODELLED = "modelled"
 MEASURED = "measured"
@@ -85,6 +85,13 @@ class Measurement:
 
 
 ZERO = Measurement(0.0, 0.0, 0.0)
+
+
+def modelled(cpu_s: float, wall_s: float, *, watts_per_core: float, static_watts: float, how: str = "") -> Measurement:
+    """The energy model, written once: busy CPU-seconds at the power of one busy hardware thread
+    (hardware.py) plus the instance's static power for the wall time charged to this work."""
+    static_j = wall_s * static_watts
+    return Measurement(cpu_s, wall_s, cpu_s * watts_per_core + static_j, MODELLED, how, static_j)
 
 
 @dataclass(eq=False)
@@ -234,8 +241,8 @@ class EnergyMeter:
             share = 1.0 if machine <= cpu else cpu / machine
             energy = sum(deltas[i] for i in self.cpu_counters) * share
         else:
-            static_j = wall_share * self.static_watts
-            energy = cpu * self.watts_per_core + static_j
+            m = modelled(cpu, wall_share, watts_per_core=self.watts_per_core, static_watts=self.static_watts)
+            static_j, energy = m.static_j, m.energy_j
         if self.gpu_counters and wall > 0:
             energy += sum(deltas[i] for i in self.gpu_counters) * (wall_share / wall)
         return Measurement(cpu, wall, energy, self.method, self.how, static_j)

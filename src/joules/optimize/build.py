@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from joules.bundle import Bundle
-from joules.errors import PassSkipped
+from joules.errors import PassFailed, PassSkipped
 from joules.optimize.passes.base import PassContext, describe
 from joules.optimize.plan import TRAINING_PASSES, Recipe
 
@@ -47,7 +47,9 @@ class Builder:
     reserve: Callable[[], float] = lambda: 0.0
     min_train_seconds: float = 20.0
     _built: dict[tuple[str, ...], Built] = field(default_factory=dict)
-    _failed: dict[tuple[str, ...], str] = field(default_factory=dict)
+    # Chains that did not build, with the error to raise again for every recipe sharing them:
+    # PassSkipped (does not apply) or PassFailed (raised something else).
+    _failed: dict[tuple[str, ...], PassSkipped | PassFailed] = field(default_factory=dict)
 
     def _training_left(self) -> int:
         pending = set()
@@ -75,13 +77,18 @@ class Builder:
         return replace(step, max_seconds=math.floor(share))
 
     def build(self, recipe: Recipe, *, steps: tuple[Any, ...] | None = None) -> Built:
-        """The bundle at the end of ``steps`` (the recipe's by default); PassSkipped/JoulesError if a step fails."""
+        """The bundle at the end of ``steps`` (the recipe's by default).
+
+        Raises PassSkipped when a step does not apply and PassFailed (chained to the
+        original error) when a step raises anything else.
+        """
         chain = recipe.steps if steps is None else steps
         current = Built(self.root, [])
         for i, step in enumerate(chain):
             key = tuple(step_key(s) for s in chain[: i + 1])
             if key in self._failed:
-                raise PassSkipped(self._failed[key])
+                known = self._failed[key]
+                raise type(known)(str(known))
             if key in self._built:
                 current = self._built[key]
                 continue
@@ -92,8 +99,13 @@ class Builder:
                 log.info("%s: running %s", recipe.name, step.name)
                 result = limited(current.bundle, out, self.ctx)
             except PassSkipped as e:
-                self._failed[key] = f"{step.name}: {e}"
-                raise PassSkipped(self._failed[key]) from e
+                self._failed[key] = PassSkipped(f"{step.name}: {e}")
+                raise self._failed[key] from e
+            except Exception as e:
+                # Not "does not apply": a bug or a broken input. The run goes on with the other
+                # recipes (one failing pass must not lose a long run) and reports this as failed.
+                self._failed[key] = PassFailed(f"{step.name}: {type(e).__name__}: {e}")
+                raise self._failed[key] from e
             record = {**describe(limited), "details": result.details, "seconds": round(result.seconds, 1)}
             current = Built(result.bundle, [*current.steps, record])
             self._built[key] = current

@@ -27,6 +27,7 @@ import numpy as np
 from joules.bundle import Bundle, SplitDataset
 from joules.meter import EnergyMeter, Measurement
 from joules.optimize.presets import Measure
+from joules.optimize.select import Score
 from joules.quality import classification_metrics, mcnemar
 
 
@@ -92,6 +93,17 @@ class Candidate:
     def __post_init__(self) -> None:
         if self.bundle is not None and self.size_mb is None:
             self.size_mb = self.bundle.model_path.stat().st_size / 2**20
+
+    def score(self) -> Score:
+        """What selection looks at: validation F1 and the measured speed (after measure_speed)."""
+        return Score(
+            name=self.name,
+            validation_f1=self.quality["validation"]["f1"],
+            throughput=self.speed["throughput_msg_s"],
+            latency_p50_ms=self.speed["latency_ms"]["p50"],
+            energy_per_1000_j=self.speed["energy_j_per_1000"],
+            batch_dependence=self.speed.get("batch_dependence", {}).get("max_abs", 0.0),
+        )
 
 
 def measure_quality(

@@ -17,15 +17,38 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from joules.optimize.evaluate import Candidate
-    from joules.optimize.run import RunState
+from joules.optimize.evaluate import Candidate
 
-# Issue 4's targets, checked in the report (F1 points).
-STUDENT_MAX_TEST_DROP = 1.5
-MCNEMAR_ALPHA = 0.05
+
+class RunState(Protocol):
+    """What the report reads of a run (``run.RunState``; a Protocol, so report imports nothing of run)."""
+
+    @property
+    def ref(self) -> str: ...
+    @property
+    def config(self) -> Any: ...
+    @property
+    def preset(self) -> Any: ...
+    @property
+    def original(self) -> Candidate | None: ...
+    @property
+    def variants(self) -> list[Candidate]: ...
+    @property
+    def references(self) -> list[Candidate]: ...
+    @property
+    def skipped(self) -> list[dict[str, Any]]: ...
+    @property
+    def failed(self) -> list[dict[str, Any]]: ...
+    @property
+    def selection(self) -> Any: ...
+    @property
+    def measure(self) -> Any: ...
+    @property
+    def chosen(self) -> dict[str, Any] | None: ...
+    @property
+    def seconds(self) -> dict[str, float]: ...
 
 
 def report_dir(reports: Path, ref: str, when: datetime) -> Path:
@@ -87,49 +110,58 @@ def paired_ratio(a: Candidate, b: Candidate) -> float:
     return float(statistics.median(ratios)) if ratios else float("nan")
 
 
-def targets(state: RunState) -> dict[str, Any]:
-    """Ratios measured side by side in this run (issue 4's targets); a target is left out when a model is missing."""
-    by = {c.name: c for c in state.variants}
+def comparisons(state: RunState) -> dict[str, Any]:
+    """Throughput ratios measured side by side in this run (medians of per-round ratios).
+
+    Every variant against the original, against the variant it extends by one
+    pass (what that pass bought) and against each reference engine; and the best
+    distilled student, chosen as selection chooses (validation F1 within the
+    run's budget, then the objective) with its test figures reported. Targets
+    (say "20x PyTorch eager") belong to whoever reads the report, not here.
+    """
     original = state.original
     assert original is not None
-    thr = lambda c: c.speed.get("throughput_msg_s") or float("nan")  # noqa: E731
-    out: dict[str, Any] = {}
-    fused = by.get("fuse")
-    int8 = by.get("fuse+int8-dynamic")
-    if fused and int8:
-        out["int8_vs_fused"] = {
-            "variant": int8.name,
-            "throughput_ratio": round(paired_ratio(int8, fused), 2),
-            "test_f1_drop_points_vs_fused": round((fused.quality["test"]["f1"] - int8.quality["test"]["f1"]) * 100, 2),
+    by_passes = {tuple(c.passes): c for c in state.variants}
+    out: dict[str, Any] = {
+        "throughput_vs_original": {c.name: _ratio(c, original) for c in state.variants},
+        "throughput_vs_parent": {},
+    }
+    for c in state.variants:
+        parent = by_passes.get(tuple(c.passes[:-1])) if len(c.passes) > 1 else None
+        if parent is not None:
+            out["throughput_vs_parent"][c.name] = {
+                "parent": parent.name,
+                "last_pass": c.passes[-1],
+                "throughput_ratio": _ratio(c, parent),
+                "test_f1_drop_points": _drop(c, parent, "test"),
+            }
+    for r in state.references:
+        out[f"throughput_vs_{r.name}"] = {c.name: _ratio(c, r) for c in state.variants}
+    students = [c for c in state.variants if c.passes and c.passes[0] == "distill" and c.speed]
+    within = [c for c in students if (_drop(c, original, "validation") or 0.0) <= state.config.max_f1_drop + 1e-9]
+    if students:
+        objective = state.config.objective
+        best = max(within, key=lambda c: c.score().value(objective)) if within else None
+        out["best_student"] = {
+            "chosen_on": f"validation F1 drop <= {state.config.max_f1_drop:g} points, then {objective}",
+            "variant": None if best is None else best.name,
         }
-    if fused:
-        out["int8_variants_vs_fused"] = {
-            c.name: round(paired_ratio(c, fused), 2)
-            for c in state.variants
-            if "int8" in c.name and not c.name.startswith(("distill", "prune"))
-        }
-    eager = next((r for r in state.references if r.name == "pytorch-eager-fp32"), None)
-    students = [c for c in state.variants if c.name.startswith("distill")]
-    if eager and students:
-        fine = [
-            c
-            for c in students
-            if (original.quality["test"]["f1"] - c.quality["test"]["f1"]) * 100 <= STUDENT_MAX_TEST_DROP
-        ]
-        best = max(fine or students, key=thr)
-        mc = best.quality["test"].get("mcnemar_vs_original", {})
-        out["best_student_vs_pytorch_eager"] = {
-            "variant": best.name,
-            "throughput_ratio": round(paired_ratio(best, eager), 1),
-            "pytorch_eager_msg_s": round(thr(eager), 1),
-            "test_f1_drop_points": round((original.quality["test"]["f1"] - best.quality["test"]["f1"]) * 100, 2),
-            "mcnemar_p": mc.get("p_value"),
-            "not_significantly_worse": mc.get("p_value", 0) >= MCNEMAR_ALPHA
-            or mc.get("only_variant_right", 0) >= mc.get("only_original_right", 0),
-            "within_f1_target": bool(fine),
-        }
+        if best is not None:
+            out["best_student"].update(
+                {
+                    "validation_f1_drop_points": _drop(best, original, "validation"),
+                    "test_f1_drop_points": _drop(best, original, "test"),
+                    "mcnemar_vs_original": best.quality["test"].get("mcnemar_vs_original"),
+                    **{f"throughput_vs_{r.name}": _ratio(best, r) for r in state.references},
+                }
+            )
     out["total_seconds"] = state.seconds.get("total")
     return out
+
+
+def _ratio(a: Candidate, b: Candidate) -> float | None:
+    r = paired_ratio(a, b)
+    return None if r != r else round(r, 2)  # NaN (no paired rounds) is not JSON
 
 
 def build(state: RunState, paths: dict[str, Path]) -> dict[str, Any]:
@@ -146,9 +178,10 @@ def build(state: RunState, paths: dict[str, Path]) -> dict[str, Any]:
         "variants": [record(c, state.original, verdicts.get(c.name)) for c in state.variants],
         "references": [record(r, state.original) for r in state.references],
         "skipped": state.skipped,
+        "failed": state.failed,
         "selection": None if state.selection is None else state.selection.message,
         "chosen": state.chosen,
-        "targets": targets(state),
+        "comparisons": comparisons(state),
         "seconds": state.seconds,
         "files": {k: str(v) for k, v in paths.items()},
     }
@@ -295,11 +328,15 @@ def markdown(data: dict[str, Any], plot_name: str) -> str:
     lines += ["| " + " | ".join(r) + " |" for r in table_rows(data)]
     lines += ["", "## Verdicts", ""]
     lines += [f"- `{m['name']}`: {m['verdict']}" for m in data["variants"]]
+    if data.get("failed"):
+        why = "A pass raised an error: a bug or a broken input, not a pass that does not apply."
+        lines += ["", "## FAILED", "", why, ""]
+        lines += [f"- **FAILED** `{x['name']}`: {x['error']}" for x in data["failed"]]
     if data["skipped"]:
-        lines += ["", "## Skipped and failed", ""]
+        lines += ["", "## Skipped (does not apply here)", ""]
         lines += [f"- `{x['name']}`: {x['reason']}" for x in data["skipped"]]
-    lines += ["", "## Targets (measured side by side in this run)", ""]
-    for k, v in data["targets"].items():
+    lines += ["", "## Comparisons (measured side by side in this run)", ""]
+    for k, v in data["comparisons"].items():
         lines.append(f"- {k}: {json.dumps(v)}")
     lines += ["", "## What each pass did", "", "Each step once, under the first variant that used it.", ""]
     seen: set[str] = set()

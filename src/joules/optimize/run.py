@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from joules.bundle import Bundle, Split, SplitDataset
-from joules.errors import ConfigError, JoulesError, OptimizeError, PassSkipped
+from joules.errors import ConfigError, JoulesError, OptimizeError, PassFailed, PassSkipped
 from joules.meter import EnergyMeter
 from joules.optimize.build import Builder, Built
 from joules.optimize.evaluate import Candidate, OnnxEngine, TorchEngine, measure_memory, measure_quality, measure_speed
@@ -26,7 +26,7 @@ from joules.optimize.passes.quantize import quantizable_nodes
 from joules.optimize.passes.sensitivity import rank_sensitive_nodes
 from joules.optimize.plan import Recipe, build_plan, parse_passes
 from joules.optimize.presets import ALL_PASSES, Measure, Preset, get_preset
-from joules.optimize.select import Objective, Score, Selection, parse_objective, select
+from joules.optimize.select import Objective, Selection, parse_objective, select
 from joules.registry import Registry, Stage
 
 log = logging.getLogger("joules.optimize")
@@ -81,7 +81,10 @@ class RunState:
     original: Candidate | None = None
     variants: list[Candidate] = field(default_factory=list)
     references: list[Candidate] = field(default_factory=list)
+    # Recipes that did not build: skipped = does not apply here (PassSkipped, with the reason);
+    # failed = a pass raised something else (a bug or a broken input), with the error.
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)
     selection: Selection | None = None
     measure: Measure | None = None  # as measured: the preset's, with fewer rounds if time ran short
     chosen: dict[str, Any] | None = None
@@ -181,17 +184,6 @@ def _training_view(data: SplitDataset, rows: int | None, seed: int) -> SplitData
     return SplitDataset({**data.splits, "train": sample})
 
 
-def _score(c: Candidate) -> Score:
-    return Score(
-        name=c.name,
-        validation_f1=c.quality["validation"]["f1"],
-        throughput=c.speed["throughput_msg_s"],
-        latency_p50_ms=c.speed["latency_ms"]["p50"],
-        energy_per_1000_j=c.speed["energy_j_per_1000"],
-        batch_dependence=c.speed.get("batch_dependence", {}).get("max_abs", 0.0),
-    )
-
-
 def optimize(ref: str, config: OptimizeConfig, *, registry: Registry | None = None) -> RunState:
     """Run every pass asked for on ``ref``, measure, select, register the winner; returns the run's state."""
     from joules.optimize import report
@@ -244,8 +236,8 @@ def optimize(ref: str, config: OptimizeConfig, *, registry: Registry | None = No
         measure_memory([original, *state.variants], data["test"].texts, state.measure)
         state.seconds["measurement"] = round(time.perf_counter() - t1, 1)
         state.selection = select(
-            [_score(c) for c in state.variants],
-            original=_score(original),
+            [c.score() for c in state.variants],
+            original=original.score(),
             max_f1_drop=config.max_f1_drop,
             objective=config.objective,
             batch_tolerance=state.measure.batch_tolerance,
@@ -264,24 +256,32 @@ def _build_recipe(recipe: Recipe, builder: Builder, state: RunState, data: Split
     assert state.original is not None
     try:
         built = builder.build(recipe)
+        out = [_candidate(recipe.name, recipe.passes, built, data, state)]
     except PassSkipped as e:
         log.info("%s: skipped: %s", recipe.name, e)
         state.skipped.append({"name": recipe.name, "passes": recipe.passes, "reason": str(e)})
         return []
     except Exception as e:
-        # One failing pass must not lose a long run: its error is logged, recorded and reported.
-        log.warning("%s: failed: %s: %s", recipe.name, type(e).__name__, e, exc_info=log.isEnabledFor(logging.DEBUG))
-        state.skipped.append(
-            {"name": recipe.name, "passes": recipe.passes, "reason": f"failed: {type(e).__name__}: {e}"}
-        )
+        # One failing pass must not lose a long run: the error is logged, recorded and reported as failed.
+        _record_failure(state, recipe.name, recipe.passes, e)
         return []
-    out = [_candidate(recipe.name, recipe.passes, built, data, state)]
     if recipe.fallback and _drop(out[-1], state) > state.config.max_f1_drop:
-        if _prefix_within_budget(recipe, builder, data, state):
-            out += _fallback(recipe, builder, built, data, state)
-        else:
-            log.info("%s: no fp32 fallback: the model it quantizes already misses the budget", recipe.name)
+        try:
+            if _prefix_within_budget(recipe, builder, data, state):
+                out += _fallback(recipe, builder, built, data, state)
+            else:
+                log.info("%s: no fp32 fallback: the model it quantizes already misses the budget", recipe.name)
+        except PassSkipped as e:
+            state.skipped.append({"name": f"{recipe.name}+fp32", "passes": recipe.passes, "reason": str(e)})
+        except Exception as e:  # the variant itself stands; its fallback is reported as failed
+            _record_failure(state, f"{recipe.name}+fp32", [*recipe.passes, "fp32-fallback"], e)
     return out
+
+
+def _record_failure(state: RunState, name: str, passes: list[str], e: Exception) -> None:
+    error = str(e) if isinstance(e, PassFailed) else f"{type(e).__name__}: {e}"
+    log.warning("%s: FAILED: %s", name, error, exc_info=log.isEnabledFor(logging.DEBUG))
+    state.failed.append({"name": name, "passes": passes, "error": error})
 
 
 def _prefix_within_budget(recipe: Recipe, builder: Builder, data: SplitDataset, state: RunState) -> bool:
@@ -340,8 +340,11 @@ def _fallback(recipe: Recipe, builder: Builder, built: Built, data: SplitDataset
         name = f"{recipe.name}+fp32x{k}"
         try:
             retry = builder.build(recipe, steps=steps)
+        except PassSkipped as e:
+            state.skipped.append({"name": name, "passes": recipe.passes, "reason": str(e)})
+            break
         except Exception as e:  # recorded and reported, as in _build_recipe
-            state.skipped.append({"name": name, "passes": recipe.passes, "reason": f"failed: {type(e).__name__}: {e}"})
+            _record_failure(state, name, [*recipe.passes, "fp32-fallback"], e)
             break
         retry.steps[-1]["details"]["sensitivity"] = [[n, round(s, 5)] for n, s in ranked[:k]]
         c = _candidate(name, [*recipe.passes, "fp32-fallback"], retry, data, state)
@@ -354,8 +357,11 @@ def _fallback(recipe: Recipe, builder: Builder, built: Built, data: SplitDataset
 def _torch_reference(root: Bundle, batch_size: int, meter: EnergyMeter, state: RunState) -> list[Candidate]:
     try:
         engine = TorchEngine(root, batch_size=batch_size, meter=meter)
-    except JoulesError as e:  # PassSkipped (no torch, no weights) or a BundleError loading them
+    except PassSkipped as e:  # no torch, or a bundle without trainable weights
         state.skipped.append({"name": "pytorch-eager-fp32", "passes": [], "reason": f"no PyTorch reference: {e}"})
+        return []
+    except JoulesError as e:  # weights that are there but do not load
+        _record_failure(state, "pytorch-eager-fp32", [], e)
         return []
     return [Candidate("pytorch-eager-fp32", "reference", engine=engine)]
 

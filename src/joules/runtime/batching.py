@@ -9,9 +9,10 @@ the batch simply forms while the running call finishes).
 
 Each caller gets its own result or its own error. The handler returns one
 result (or one exception) per item; a handler that raises for a whole batch of
-several items is re-run item by item, so one bad request cannot fail the
-others (as ray-project/ray ``serve/batching.py`` hands each caller its own
-result).
+several items is re-run on halves of it down to the items that fail alone
+(``isolation.isolate``, the same helper the Predictor splits a failed model
+call with), so one bad request cannot fail the others (as ray-project/ray
+``serve/batching.py`` hands each caller its own result).
 
 A full queue refuses at once (``QueueFullError``, with a retry-after estimate);
 a request past its deadline is refused (``DeadlineExceededError``) and, if its
@@ -34,7 +35,9 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from joules.errors import BatcherClosedError, ConfigError, DeadlineExceededError, QueueFullError
-from joules.runtime.planning import CALL_OVERHEAD_TOKENS, plan_runs  # noqa: F401  (re-exported for the server)
+from joules.runtime.isolation import isolate
+from joules.runtime.limits import MAX_CALL_ROWS, MAX_CALL_TOKENS, WINDOW_ROWS
+from joules.runtime.planning import plan_runs  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +49,14 @@ MAX_RETRY_AFTER_S = 60
 
 @dataclass(frozen=True, kw_only=True)
 class BatchingConfig:
-    max_batch_size: int = 32  # rows per model call
+    max_batch_size: int = MAX_CALL_ROWS  # rows per model call (limits.py: one default for every mode)
     # Padded tokens per model call (text models): bounds how long one call holds an instance,
-    # so a request never waits behind minutes of someone else's long rows. On CPU, rows of
-    # 128 tokens gain nothing from batches of more than a few rows (docs/benchmarks.md).
-    max_batch_tokens: int = 1024
+    # so a request never waits behind seconds of someone else's long rows (limits.py).
+    max_batch_tokens: int = MAX_CALL_TOKENS
     # Rows one handler call may gather from the queue (0: max_batch_size). A handler that cuts
     # its rows into model calls of at most max_batch_size (the server's runner) groups lengths
-    # better from a wider window, as the Predictor does from sorted windows.
-    window_rows: int = 0
+    # better from a wider window (docs/benchmarks.md, "--batch-window").
+    window_rows: int = WINDOW_ROWS
     max_queue_delay_ms: float = 2.0  # longest wait for a fuller batch, only while a call is running
     max_queue: int = 1024  # requests waiting (not rows)
     instances: int = 1  # model calls running at once
@@ -356,22 +358,23 @@ class DynamicBatcher(Generic[T, R]):
         self._wakeup.set()
 
     def _call(self, pending: list[_Pending[T, R]]) -> list[Any]:
-        """On a worker thread: one handler call, or one per item if the whole batch failed."""
+        """On a worker thread: one handler call; if the whole batch failed, the items that fail it alone."""
         try:
             return self._checked(Batch(pending, self._deliver_soon))
         except Exception as e:
             if len(pending) == 1:
                 return [e]
-        # Isolate the culprit: each item alone gets its own result or its own error.
-        outcomes: list[Any] = []
-        for p in pending:
-            if p.abandoned or p.delivered:
-                outcomes.append(BatcherClosedError("already answered or abandoned"))  # nobody receives it
-                continue
-            try:
-                outcomes.extend(self._checked(Batch([p], self._deliver_soon)))
-            except Exception as e:
-                outcomes.append(e)
+        # Nobody receives an answer for an item already answered or abandoned: skip those.
+        outcomes: list[Any] = [BatcherClosedError("already answered or abandoned")] * len(pending)
+        live = [i for i, p in enumerate(pending) if not (p.abandoned or p.delivered)]
+
+        def call(idx: Sequence[int]) -> list[Any]:
+            return self._checked(Batch([pending[i] for i in idx], self._deliver_soon))
+
+        mid = len(live) // 2  # the whole batch has failed already: start from its halves
+        results = isolate(call, live[:mid]) + isolate(call, live[mid:])
+        for i, outcome in zip(live, results, strict=True):
+            outcomes[i] = outcome
         return outcomes
 
     def _deliver_soon(self, pending: _Pending[T, Any], result: Any) -> None:

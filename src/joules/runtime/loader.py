@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from joules.decide import RuleSet
-from joules.meter import EnergyMeter
+from joules.meter import CostModel, EnergyMeter
 from joules.registry import Registry
-from joules.runtime.executor import RuntimeOptions
+from joules.runtime.options import RuntimeOptions
 from joules.runtime.predictor import Predictor
 from joules.settings import Settings, load_settings
 
@@ -31,5 +31,6 @@ def load_predictor(
         rules=rules,
         options=options,
         meter=EnergyMeter.from_settings(settings),
+        prices=CostModel.from_settings(settings),
         version=mv.version,
     )

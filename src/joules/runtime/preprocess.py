@@ -2,6 +2,18 @@
 
 Texts are encoded without padding, so the Predictor can group rows of similar
 length and pad each group only to its own longest row.
+
+A model reads at most ``max_length`` tokens, but a tokenizer normalizes and
+splits the whole text before truncating: a 1 MB text costs seconds of CPU for
+128 tokens. So a long text is cut first, at a whitespace before a character
+bound that ``max_length`` tokens rarely exceed (``max_length`` x the longest
+token string in the vocabulary). Splitting at whitespace keeps every word
+before the cut whole, so the cut text's tokens are the whole text's first
+tokens; if the cut text gives fewer than ``max_length`` tokens (a text of
+mostly spaces or control characters), the bound was too small for it and the
+text is tokenized again with a bound four times wider, until the tokens fill
+``max_length`` or the whole text is used. The tokens a model sees are thus the
+whole text's first ``max_length`` tokens, at a cost bounded by the cut.
 """
 
 from __future__ import annotations
@@ -14,6 +26,12 @@ from tokenizers import Encoding, Tokenizer
 
 from joules.bundle.spec import TOKENIZER_INPUTS
 from joules.errors import BundleError
+
+# Characters a cut may end before: the whitespace every pre-tokenizer joules meets (BERT,
+# Metaspace, ByteLevel) splits words at. Other Unicode spaces are left out on purpose: BERT's
+# normalizer deletes some of them (control characters), which would join the words around them.
+_CUT_AT = (" ", "\n", "\t", "\r")
+WIDEN = 4  # how much wider each retry's bound is
 
 
 class TextPreprocessor:
@@ -28,6 +46,8 @@ class TextPreprocessor:
         self.max_length = max_length
         self.input_names = [n for n in input_names if n in TOKENIZER_INPUTS]
         self.pad_id = self._pad_id()
+        longest = max((len(t) for t in self.tokenizer.get_vocab(with_added_tokens=True)), default=1)
+        self.cut_chars = max_length * max(1, longest)
 
     def _pad_id(self) -> int:
         for token in ("[PAD]", "<pad>", "<PAD>"):
@@ -37,7 +57,21 @@ class TextPreprocessor:
         return 0
 
     def encode(self, texts: Sequence[str]) -> list[Encoding]:
-        return self.tokenizer.encode_batch(list(texts))
+        bound = self.cut_chars
+        cut = [t if len(t) <= bound else cut_text(t, bound) for t in texts]
+        encodings: list[Encoding] = self.tokenizer.encode_batch(cut)
+        for i, (text, part) in enumerate(zip(texts, cut, strict=True)):
+            if part is not text and len(encodings[i].ids) < self.max_length:
+                encodings[i] = self._encode_wider(text, bound * WIDEN)
+        return encodings
+
+    def _encode_wider(self, text: str, bound: int) -> Encoding:
+        while len(text) > bound:
+            e = self.tokenizer.encode(cut_text(text, bound))
+            if len(e.ids) >= self.max_length:
+                return e
+            bound *= WIDEN
+        return self.tokenizer.encode(text)
 
     def batch(self, encodings: Sequence[Encoding], dtypes: dict[str, type]) -> dict[str, np.ndarray]:
         """Pad ``encodings`` to their longest and build the model's input arrays."""
@@ -54,3 +88,10 @@ class TextPreprocessor:
             arrays["attention_mask"][i, :k] = e.attention_mask
             arrays["token_type_ids"][i, :k] = e.type_ids
         return {name: arrays[name].astype(dtypes.get(name, np.int64), copy=False) for name in self.input_names}
+
+
+def cut_text(text: str, bound: int) -> str:
+    """``text`` up to the last whitespace before character ``bound`` (at ``bound`` if there is none)."""
+    head = text[:bound]
+    at = max(head.rfind(c) for c in _CUT_AT)
+    return head[:at] if at > 0 else head

@@ -18,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import DATA
-from tests.helpers import run_joules
+from tests.helpers import numeric_onnx, run_joules
 
 READY_TIMEOUT_S = 180
 
@@ -148,7 +148,8 @@ def sms(n: int, *, offset: int = 0) -> list[str]:
 
 def slow_onnx(path: Path, *, matmuls: int = 960, size: int = 512, features: int = 4) -> np.ndarray:
     """A numeric classifier whose every call also does ``matmuls`` matrix products of ``size``^2
-    (0.8 s on the 2-core machine, measured 2026-11-22): x [N, features] -> logits = x @ w, two classes.
+    (960: 0.8 s on the 2-core machine; `calibrated_slow_onnx` sizes it for this machine):
+    x [N, features] -> logits = x @ w, two classes.
 
     The busy work depends on the input (so it is not folded away) and is multiplied
     by zero, so the answer stays x @ w. It keeps an instance busy long enough to
@@ -197,10 +198,53 @@ def import_tensor_model(home: Path, onnx_file: Path, name: str) -> None:
     run_joules("import", str(onnx_file), "--spec", str(spec), "--name", name, "--promote", home=home, check=True)
 
 
+SLOW_CALL_S = 0.8  # at least, on this machine: a queue and a running call stay observable
+
+
+def calibrated_slow_onnx(path: Path, *, seconds: float = SLOW_CALL_S) -> int:
+    """`slow_onnx` with enough matrix products for a call to take ``seconds`` here, whatever the CPU.
+
+    The tests that use it watch states (a call running, a request queued, a deadline passed while
+    a call runs); a fixed amount of work that a faster machine finishes in 0.1 s would close
+    those windows. The probe is timed in CPU seconds without spinning threads (the least of a
+    few calls), which other jobs inflate far less than wall seconds (measured: 13 s of wall
+    time for 0.8 s of idle work at a load average of 12), and its wall time on an idle machine
+    is taken as CPU seconds / cores (every core busy), the shortest the call can be. A busy
+    machine makes the calls longer, which the tests tolerate (their deadlines are minutes).
+    """
+    import onnxruntime as ort
+
+    probe_matmuls = 32
+    slow_onnx(path, matmuls=probe_matmuls)
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # spinning is CPU time, not work
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    x = np.ones((1, 4), dtype=np.float32)
+    session.run(None, {"x": x})
+    cpu = []
+    for _ in range(5):
+        cpu0 = time.process_time()
+        session.run(None, {"x": x})
+        cpu.append(time.process_time() - cpu0)
+    idle_wall_per_matmul = min(cpu) / (os.cpu_count() or 1) / probe_matmuls
+    matmuls = int(min(50_000, max(probe_matmuls, np.ceil(seconds / max(idle_wall_per_matmul, 1e-9)))))
+    slow_onnx(path, matmuls=matmuls)
+    return matmuls
+
+
 @pytest.fixture(scope="module")
 def slow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A JOULES_HOME holding `slow:1`, a tensor model whose calls take about a second."""
+    """A JOULES_HOME holding `slow:1`, a tensor model whose calls take at least SLOW_CALL_S here."""
     root = tmp_path_factory.mktemp("slow")
-    slow_onnx(root / "slow.onnx")
+    calibrated_slow_onnx(root / "slow.onnx")
     import_tensor_model(root / "home", root / "slow.onnx", "slow")
+    return root / "home"
+
+
+@pytest.fixture(scope="module")
+def lin_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A JOULES_HOME holding `lin:1`, a linear tensor model: loads in a second, answers at once."""
+    root = tmp_path_factory.mktemp("lin")
+    numeric_onnx(root / "lin.onnx", features=4, classes=2)
+    import_tensor_model(root / "home", root / "lin.onnx", "lin")
     return root / "home"

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import tritonclient.http as th
 
+from joules.grid import grid_intensity
 from joules.meter import HEADER_CO2, HEADER_ENERGY, HEADER_METHOD, HEADER_USD
-from joules.meter.grid import grid_intensity
 from tests.helpers import run_joules
 from tests.serve.online.conftest import ServerProcess, Starter, sms
 

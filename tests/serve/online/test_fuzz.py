@@ -1,5 +1,6 @@
 """Fuzz both APIs from the served OpenAPI document (schemathesis), and the binary tensor
-extension with hypothesis: no input may cause a 5xx."""
+extension with hypothesis: no input may cause a 5xx, and every body is strict JSON
+(no NaN or Infinity literals, which strict parsers reject)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,17 @@ from tests.serve.online.conftest import ServerProcess
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 
 
+def _refuse(constant: str) -> None:
+    raise AssertionError(f"the body is not strict JSON: it holds {constant}")
+
+
+def strict_json(body: bytes, headers: httpx.Headers | dict[str, str]) -> object:
+    """The body (its JSON header when binary tensors follow) parsed as strict JSON."""
+    n = headers.get("inference-header-content-length")
+    head = body[: int(n)] if n is not None else body
+    return json.loads(head.decode("utf-8"), parse_constant=_refuse)
+
+
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 def test_no_input_makes_a_server_error(spam_server: ServerProcess, mode: GenerationMode) -> None:
     # Loading and unloading change the server under test; tests/serve/online/test_hot_swap.py covers them.
@@ -30,6 +42,8 @@ def test_no_input_makes_a_server_error(spam_server: ServerProcess, mode: Generat
     def check(case) -> None:
         response = case.call(base_url=spam_server.url, timeout=30)
         assert response.status_code < 500, (case.method, case.formatted_path, case.body, response.text[:300])
+        if case.formatted_path not in ("/metrics", "/docs"):
+            strict_json(response.content, response.headers)
         if response.status_code >= 400 and case.formatted_path != "/metrics":
             assert "error" in response.json() and "Traceback" not in response.text
 
@@ -83,6 +97,7 @@ def test_binary_tensor_bodies_never_make_a_server_error(
     headers = {"Inference-Header-Content-Length": str(len(head) + header_delta)} if use_header else {}
     r = httpx.post(spam_server.url + "/v2/models/spam/infer", content=head + tail, headers=headers, timeout=30)
     assert r.status_code < 500, (request, tail, r.text[:300])
+    strict_json(r.content, r.headers)
 
 
 @given(texts=st.lists(st.text(max_size=300), min_size=1, max_size=5))
@@ -109,8 +124,12 @@ def test_any_text_is_answered(spam_server: ServerProcess, texts: list[str]) -> N
         headers={"Inference-Header-Content-Length": str(len(head))},
         timeout=30,
     )
-    valid = all(_is_utf8(t) for t in texts)
+    # Admission's text rules: valid UTF-8 and not empty or only whitespace (the same in every mode).
+    valid = all(_is_utf8(t) and t.strip() for t in texts)
     assert r.status_code == (200 if valid else 400), r.text[:300]
+    body = strict_json(r.content, r.headers)
+    if not valid:
+        assert isinstance(body, dict) and body["error"].startswith("row ")
 
 
 def _is_utf8(t: str) -> bool:

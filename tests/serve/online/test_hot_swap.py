@@ -93,10 +93,11 @@ def test_promotion_under_load_fails_no_request(spam_home: Path, tiny_bundle_dir:
 
 
 def test_repository_api_unloads_and_loads(spam_home: Path, start_server: Starter) -> None:
-    server = start_server(spam_home, "--poll-interval-s", "0.1")  # no name: every production model
+    # No name: every production model; repository control is opt-in.
+    server = start_server(spam_home, "--poll-interval-s", "0.1", "--model-control", "explicit")
     client = th.InferenceServerClient(server.url.removeprefix("http://"))
     client.unload_model("spam")
-    assert not client.is_model_ready("spam")
+    assert not client.is_model_ready("spam") and not client.is_server_ready()
     r = httpx.post(server.url + "/v1/models/spam:predict", json={"instances": [{"text": "hi"}]}, timeout=30)
     assert r.status_code == 503 and "not ready" in r.json()["error"]
     assert client.get_model_repository_index()[0]["state"] == "UNLOADED"

@@ -167,6 +167,9 @@ def test_binary_body_by_hand(spam_server: ServerProcess) -> None:
             "binary_data_size 9",
         ),
         (b'{"inputs": []}', {"Inference-Header-Content-Length": "999"}, "Inference-Header-Content-Length"),
+        # Python's int() reads these as 10; a length is ASCII digits only.
+        (b'{"inputs": []}', {"Inference-Header-Content-Length": "1_0"}, "Inference-Header-Content-Length"),
+        (b'{"inputs": []}', {"Inference-Header-Content-Length": "+10"}, "Inference-Header-Content-Length"),
         (
             b'{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "parameters":'
             b' {"shared_memory_region": "r"}}]}',

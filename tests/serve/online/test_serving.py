@@ -80,7 +80,7 @@ def test_overload_is_refused_with_503_and_the_server_recovers(spam_home: Path, s
         return got
 
     rss = []
-    for _ in range(2):
+    for _ in range(3):
         answers = [a for got in run_clients(48, flood) for a in got]
         codes = Counter(code for code, _ in answers)
         assert set(codes) <= {200, 503}, codes
@@ -91,8 +91,9 @@ def test_overload_is_refused_with_503_and_the_server_recovers(spam_home: Path, s
         assert server.metric("joules_queue_depth", model="spam") == 0
         assert server.metric("joules_inflight_requests") == 0
         rss.append(server.rss_mb())
-    # Memory is bounded: a second identical flood does not grow the process.
-    assert rss[1] < rss[0] * 1.15 + 30, rss
+    # Memory is bounded: once two floods have warmed it up (which code paths and batch shapes the
+    # first one reaches depends on the machine's speed), a third identical flood does not grow it.
+    assert rss[2] < max(rss[:2]) * 1.15 + 30, rss
 
 
 def test_response_cache_answers_repeats_without_a_model_call(spam_home: Path, start_server: Starter) -> None:

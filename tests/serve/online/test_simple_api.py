@@ -36,7 +36,8 @@ def test_predictions_follow_instances_and_agree_with_v2(spam_server: ServerProce
     ("body", "message"),
     [
         ({"instances": [{"txt": "x"}]}, "instances[0]: unknown field 'txt'"),
-        ({"instances": [{"text": 5}]}, "instances[0].text must be a string, got int"),
+        ({"instances": [{"text": 5}]}, "instances[0]: field 'text' must be a string, got int"),
+        ({"instances": [{"text": " "}]}, "instances[0]: field 'text' is empty or only whitespace"),
         ({"instances": [{"text": "ok"}, {}]}, "instances[1]: missing field 'text'"),
         ({"instances": []}, "'instances' is empty"),
         ({"instances": [{"text": "x"}], "extra": 1}, "unknown field 'extra'"),

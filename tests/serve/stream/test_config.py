@@ -5,7 +5,6 @@ import pytest
 from joules.errors import ConfigError
 from joules.serve.stream import RedisEndpoint, StreamConfig, plan_endpoints
 from joules.serve.stream.config import EndpointKind
-from joules.serve.stream.messages import check_text, stream_id_ms
 
 
 def test_redis_urls_name_server_and_stream() -> None:
@@ -74,16 +73,3 @@ def test_stream_config_rejects_values_it_cannot_use(changes: dict, fragment: str
 def test_stream_config_accepts_ids_and_dollar() -> None:
     for start in ("0", "$", "1700000000000-0", "1700000000000"):
         assert StreamConfig(group="g", consumer="c", start=start).start == start
-
-
-def test_check_text() -> None:
-    assert check_text(b"hello", "text", 100) == ("hello", None)
-    assert check_text("héllo", "text", 100) == ("héllo", None)
-    assert check_text(None, "text", 100) == (None, "missing field 'text'")
-    assert "invalid UTF-8 in field 'text' at byte 1" in str(check_text(b"a\xff", "text", 100)[1])
-    assert "lone surrogate" in str(check_text("a\udc80", "text", 100)[1])
-    assert "is 101 bytes, over the limit of 100" in str(check_text(b"x" * 101, "text", 100)[1])
-    assert "is 102 bytes" in str(check_text("é" * 51, "text", 100)[1]), "the limit counts UTF-8 bytes"
-    assert check_text(b"  \n", "text", 100) == (None, "empty field 'text'")
-    assert "must be a string, got int" in str(check_text(5, "text", 100)[1])
-    assert stream_id_ms("1700000000123-4") == 1700000000123.0 and stream_id_ms(b"x") is None

@@ -40,11 +40,11 @@ def test_stdin_to_stdout_one_line_per_message(spam_home: Path) -> None:
     assert verdicts[2]["id"] == 7 and verdicts[1]["model"] == "spam:1"
     assert set(verdicts[1]["probabilities"]) == {"ham", "spam"} and verdicts[1]["action"]
     assert "malformed JSON" in dead[4]["reason"] and dead[4]["original"] == "not json"
-    assert "missing field 'text'" in dead[5]["reason"] and dead[5]["id"] == "c"
-    assert "over the limit of 200" in dead[6]["reason"]
-    assert "empty field" in dead[7]["reason"]
+    assert dead[5]["reason"] == "missing field 'text'" and dead[5]["id"] == "c"
+    assert dead[6]["reason"] == "field 'text' is 300 bytes, over the limit of 200 (max_text_bytes)"
+    assert dead[7]["reason"] == "field 'text' is empty or only whitespace"
     assert "expected a JSON object" in dead[8]["reason"]
-    assert "invalid UTF-8" in dead[9]["reason"]
+    assert dead[9]["reason"] == "field 'text' is not valid UTF-8 text"
     # The same answers as `joules predict`: one Predictor behind every mode.
     one = json.loads(run_joules("predict", "spam", "see you at lunch", "--json", home=spam_home, check=True).stdout)
     p = one["predictions"][0]

@@ -5,11 +5,11 @@ test split with ``joules batch``, print what happened, then serve it online on
 from __future__ import annotations
 
 import csv
+import subprocess
 import sys
 from pathlib import Path
 
 from joules.bundle import SplitDataset
-from joules.cli.main import main as joules
 from joules.registry import Registry
 
 HOST, PORT = "127.0.0.1", 8000
@@ -31,6 +31,11 @@ def _write_test_split(dataset_file: Path, out: Path) -> dict[str, str]:
             w.writerow([f"t{i}", text])
             truth[f"t{i}"] = label
     return truth
+
+
+def joules(argv: list[str]) -> int:
+    """Run the ``joules`` command as a user would (apps sit below the CLI: a process, not an import)."""
+    return subprocess.run([sys.executable, "-m", "joules.cli.main", *argv], check=False).returncode
 
 
 def main() -> int:

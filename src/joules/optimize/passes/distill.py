@@ -19,10 +19,9 @@ from typing import Any, ClassVar
 from joules.bundle import Bundle
 from joules.errors import ConfigError, PassSkipped
 from joules.optimize.passes.base import PassContext, PassResult
+from joules.optimize.passes.structure import PRUNED_KEY, encoder_layers
 from joules.optimize.passes.trainable import (
-    PRUNED_KEY,
     count_parameters,
-    encoder_layers,
     fine_tune_on_teacher,
     load_trainable,
     write_trained_bundle,

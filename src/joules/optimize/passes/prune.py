@@ -26,65 +26,14 @@ import numpy as np
 from joules.bundle import Bundle
 from joules.errors import ConfigError, OptimizeError, PassSkipped
 from joules.optimize.passes.base import PassContext, PassResult
+from joules.optimize.passes.structure import PRUNED_KEY, encoder_layers, prune_layer, structure_of
 from joules.optimize.passes.trainable import (
-    PRUNED_KEY,
     count_parameters,
-    encoder_layers,
     fine_tune_on_teacher,
     label_index,
     load_trainable,
     write_trained_bundle,
 )
-
-
-def _linear(old: Any, index: Any, dim: int) -> Any:
-    """A copy of ``old`` keeping only ``index`` along ``dim`` (0: outputs, 1: inputs)."""
-    import torch
-
-    w = old.weight.index_select(dim, index).detach().clone()
-    b = old.bias
-    if b is not None and dim == 0:
-        b = b[index]
-    new = torch.nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
-    with torch.no_grad():
-        new.weight.copy_(w)
-        if b is not None:
-            new.bias.copy_(b.detach().clone())
-    return new
-
-
-def prune_layer(layer: Any, heads: list[int], neurons: list[int]) -> None:
-    """Keep ``heads`` (indices) of the layer's attention and ``neurons`` of its FFN."""
-    import torch
-
-    att = layer.attention.self
-    d = att.attention_head_size
-    idx = torch.tensor([h * d + j for h in sorted(heads) for j in range(d)], dtype=torch.long)
-    att.query, att.key, att.value = (_linear(m, idx, 0) for m in (att.query, att.key, att.value))
-    layer.attention.output.dense = _linear(layer.attention.output.dense, idx, 1)
-    att.num_attention_heads = len(heads)
-    att.all_head_size = len(heads) * d
-    keep = torch.tensor(sorted(neurons), dtype=torch.long)
-    layer.intermediate.dense = _linear(layer.intermediate.dense, keep, 0)
-    layer.output.dense = _linear(layer.output.dense, keep, 1)
-
-
-def structure_of(model: Any) -> dict[str, list[int]]:
-    layers = encoder_layers(model, "prune")
-    return {
-        "heads": [int(layer.attention.self.num_attention_heads) for layer in layers],
-        "intermediate": [int(layer.intermediate.dense.out_features) for layer in layers],
-    }
-
-
-def apply_structure(model: Any, structure: dict[str, list[int]]) -> None:
-    """Give a freshly built model a pruned model's shapes (the weights are loaded afterwards)."""
-    layers = encoder_layers(model, "prune")
-    heads, inter = structure.get("heads", []), structure.get("intermediate", [])
-    if len(heads) != len(layers) or len(inter) != len(layers):
-        raise ConfigError(f"{PRUNED_KEY} in config.json describes {len(heads)} layers, the model has {len(layers)}")
-    for layer, h, n in zip(layers, heads, inter, strict=True):
-        prune_layer(layer, list(range(h)), list(range(n)))
 
 
 def importance(model: Any, bundle: Bundle, texts: list[str], labels: list[int]) -> tuple[list[Any], list[Any]]:

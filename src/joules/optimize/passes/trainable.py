@@ -18,11 +18,10 @@ import numpy as np
 from joules.bundle import Bundle
 from joules.errors import MissingExtraError, PassSkipped, require
 from joules.optimize.passes.base import PassContext
+from joules.optimize.passes.structure import PRUNED_KEY, apply_structure, encoder_layers
 
 PROBE_STEPS = 4  # training steps timed to plan the epochs that fit the time budget
 EPOCH_OVERHEAD = 1.35
-# config.json key recording a pruned model's per-layer shapes, so it can be rebuilt and reloaded.
-PRUNED_KEY = "joules_pruned"
 
 
 def require_torch(pass_name: str) -> None:
@@ -49,24 +48,6 @@ def weights_dir(bundle: Bundle, pass_name: str) -> Path:
     return cfg.parent
 
 
-def encoder_layers(model: Any, pass_name: str) -> list[Any]:
-    """The encoder layers of a BERT-layout model (BERT, RoBERTa, ELECTRA, XLM-R, MiniLM ...)."""
-    base = getattr(model, "base_model", None)
-    layers: Any = getattr(getattr(base, "encoder", None), "layer", None)
-    ok = layers is not None and len(layers) > 0
-    if ok:
-        first = layers[0]
-        ok = all(hasattr(first, a) for a in ("attention", "intermediate", "output")) and all(
-            hasattr(first.attention.self, p) for p in ("query", "key", "value", "attention_head_size")
-        )
-    if not ok:
-        raise PassSkipped(
-            f"{pass_name} knows the BERT encoder layout (attention.self.query/key/value, intermediate, output); "
-            f"{type(model).__name__} is laid out differently"
-        )
-    return list(layers)
-
-
 def load_trainable(bundle: Bundle, pass_name: str) -> Any:
     """The bundle's sequence classifier in PyTorch, pruned shapes included."""
     require_torch(pass_name)
@@ -82,7 +63,6 @@ def load_trainable(bundle: Bundle, pass_name: str) -> Any:
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from joules.bundle import scan_directory
-    from joules.optimize.passes.prune import apply_structure
 
     scan_directory(directory)
     cfg = AutoConfig.from_pretrained(str(directory), local_files_only=True)

@@ -1,7 +1,9 @@
 """Batch inputs and outputs: CSV, JSONL and Parquet, read in chunks, written resumably.
 
-Readers yield one ``Row`` per input row, in order, with either its text or the
-reason it cannot be scored. Writers append to a file that can be cut back to
+Readers yield one ``Row`` per input row, in order, with either the raw values
+of the fields the model's input kind needs (admitted later, by the same rules
+as every mode: ``runtime/admission.py``) or the reason the line cannot be read
+at all (malformed CSV or JSON). Writers append to a file that can be cut back to
 the last checkpoint (CSV, JSONL) or add one part file per chunk (Parquet).
 """
 
@@ -13,12 +15,14 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from joules.errors import DataError
+from joules.runtime.reasons import invalid_utf8
 
 FORMATS = ("csv", "jsonl", "parquet")
 _SUFFIXES = {
@@ -50,7 +54,7 @@ def detect_format(path: Path, given: str | None = None) -> str:
 class Row:
     index: int  # 0-based position among the input's rows
     id: Any
-    text: str | None
+    fields: dict[str, Any] | None  # field name -> the raw value read (absent when the file has none)
     error: str | None = None
     line: int | None = None
 
@@ -60,29 +64,58 @@ def _bad_utf8(value: str) -> bool:
     return any("\udc80" <= ch <= "\udcff" for ch in value)
 
 
-def _check_text(text: Any, column: str) -> str | None:
-    if text is None:
-        return f"missing {column!r} column value"
-    if not isinstance(text, str):
-        return f"{column!r} must be a string, got {type(text).__name__}"
-    if _bad_utf8(text):
-        return f"invalid UTF-8 in {column!r}"
-    if not text.strip():
-        return f"empty {column!r}"
-    return None
-
-
-def read_rows(path: Path, fmt: str, text_column: str, id_column: str, *, skip: int = 0) -> Iterator[Row]:
-    """Every input row from the ``skip``-th on."""
+def read_rows(path: Path, fmt: str, columns: Mapping[str, str], id_column: str, *, skip: int = 0) -> Iterator[Row]:
+    """Every input row from the ``skip``-th on; ``columns`` maps each field the model needs to its column."""
     if not path.is_file():
         raise DataError(f"input file {str(path)!r} does not exist")
     reader = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet}[fmt]
-    return reader(path, text_column, id_column, skip)
+    return reader(path, dict(columns), id_column, skip)
 
 
-def _read_csv(path: Path, text_column: str, id_column: str, skip: int) -> Iterator[Row]:
+def _need(path: Path, header: Sequence[str], columns: Mapping[str, str]) -> None:
+    absent = [c for c in columns.values() if c not in header]
+    if absent:
+        raise DataError(
+            f"{path}: no {', '.join(repr(c) for c in absent)} column; columns are {list(header)} (use --text-column)"
+        )
+
+
+class _Lines:
+    """The file's lines for ``csv.reader``, keeping those of the record being read, so that a record
+    that runs into the next lines (an unterminated quote) can be reported and its lines read again."""
+
+    def __init__(self, f: Iterator[str]) -> None:
+        self.f = f
+        self.again: deque[tuple[int, str]] = deque()
+        self.record: list[tuple[int, str]] = []
+        self.number = 0  # of the last line read from the file
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        if self.again:
+            item = self.again.popleft()
+        else:
+            item = (self.number + 1, next(self.f))
+            self.number += 1
+        self.record.append(item)
+        return item[1]
+
+    def retry_after_first(self) -> int:
+        """Hand the current record's lines after its first one out again; return the first one's number."""
+        first, rest = self.record[0], self.record[1:]
+        self.again.extendleft(reversed(rest))
+        self.record = []
+        return first[0]
+
+
+def _read_csv(path: Path, columns: dict[str, str], id_column: str, skip: int) -> Iterator[Row]:
     with path.open(encoding="utf-8", errors="surrogateescape", newline="") as f:
-        reader = csv.reader(f)
+        lines = _Lines(f)
+        # strict: a quote that is not closed where a field ends is an error, not a field that swallows
+        # the next lines (the rows after it) up to the next quote.
+        reader = csv.reader(lines, strict=True)
         try:
             header = next(reader)
         except StopIteration:
@@ -90,24 +123,31 @@ def _read_csv(path: Path, text_column: str, id_column: str, skip: int) -> Iterat
         except csv.Error as e:
             raise DataError(f"{path}: cannot read the CSV header: {e}") from None
         header = [h.lstrip("\ufeff") if i == 0 else h for i, h in enumerate(header)]
-        if text_column not in header:
-            raise DataError(f"{path}: no {text_column!r} column; columns are {header} (use --text-column)")
-        t = header.index(text_column)
+        _need(path, header, columns)
+        at = {name: header.index(column) for name, column in columns.items()}
         k = header.index(id_column) if id_column in header else None
         index = 0
         while True:
+            lines.record = []
             try:
                 fields = next(reader)
             except StopIteration:
                 return
             except csv.Error as e:
+                # The record's first line is the bad one; the lines it ran into are rows of their own.
+                spanned, last = len(lines.record), lines.record[-1][0] if lines.record else lines.number
+                line = lines.retry_after_first() if lines.record else lines.number
+                reader = csv.reader(lines, strict=True)
                 if index >= skip:
-                    yield Row(index, index, None, f"malformed CSV line: {e}", reader.line_num)
+                    unterminated = spanned > 1 or "end of data" in str(e)
+                    why = f"an unterminated quote (its field ran on to line {last})" if unterminated else e
+                    yield Row(index, index, None, f"malformed CSV line: {why}", line)
                 index += 1
                 continue
             if not fields:
                 continue  # blank line: not a row
             if index >= skip:
+                line = lines.record[-1][0] if lines.record else lines.number
                 row_id = fields[k] if k is not None and k < len(fields) else index
                 if len(fields) != len(header):
                     yield Row(
@@ -115,18 +155,16 @@ def _read_csv(path: Path, text_column: str, id_column: str, skip: int) -> Iterat
                         row_id,
                         None,
                         f"malformed CSV line: {len(fields)} fields, the header has {len(header)}",
-                        reader.line_num,
+                        line,
                     )
                 elif isinstance(row_id, str) and _bad_utf8(row_id):
-                    yield Row(index, index, None, f"invalid UTF-8 in {id_column!r}", reader.line_num)
+                    yield Row(index, index, None, invalid_utf8(id_column), line)
                 else:
-                    text = fields[t]
-                    err = _check_text(text, text_column)
-                    yield Row(index, row_id, None if err else text, err, reader.line_num)
+                    yield Row(index, row_id, {name: fields[i] for name, i in at.items()}, None, line)
             index += 1
 
 
-def _read_jsonl(path: Path, text_column: str, id_column: str, skip: int) -> Iterator[Row]:
+def _read_jsonl(path: Path, columns: dict[str, str], id_column: str, skip: int) -> Iterator[Row]:
     with path.open("rb") as f:
         index = 0
         for line_no, raw in enumerate(f, 1):
@@ -136,9 +174,9 @@ def _read_jsonl(path: Path, text_column: str, id_column: str, skip: int) -> Iter
                 index += 1
                 continue
             try:
-                obj = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                yield Row(index, index, None, "invalid UTF-8", line_no)
+                # Bytes that are not UTF-8 stay lone surrogates in the values, for admission to
+                # refuse with the reason every mode gives (the field is named there).
+                obj = json.loads(raw.decode("utf-8", "surrogateescape"))
             except json.JSONDecodeError as e:
                 yield Row(index, index, None, f"malformed JSON: {e.msg} at column {e.colno}", line_no)
             else:
@@ -146,13 +184,15 @@ def _read_jsonl(path: Path, text_column: str, id_column: str, skip: int) -> Iter
                     yield Row(index, index, None, f"expected a JSON object, got {type(obj).__name__}", line_no)
                 else:
                     row_id = obj.get(id_column, index)
-                    text = obj.get(text_column)
-                    err = _check_text(text, text_column)
-                    yield Row(index, row_id, None if err else text, err, line_no)
+                    if isinstance(row_id, str) and _bad_utf8(row_id):
+                        yield Row(index, index, None, invalid_utf8(id_column), line_no)
+                    else:
+                        values = {name: obj[c] for name, c in columns.items() if c in obj}
+                        yield Row(index, row_id, values, None, line_no)
             index += 1
 
 
-def _read_parquet(path: Path, text_column: str, id_column: str, skip: int) -> Iterator[Row]:
+def _read_parquet(path: Path, columns: dict[str, str], id_column: str, skip: int) -> Iterator[Row]:
     import pyarrow.parquet as pq
 
     try:
@@ -160,26 +200,20 @@ def _read_parquet(path: Path, text_column: str, id_column: str, skip: int) -> It
     except Exception as e:  # pyarrow raises ArrowInvalid/OSError variants
         raise DataError(f"{path}: not a readable Parquet file: {e}") from None
     names = pf.schema_arrow.names
-    if text_column not in names:
-        raise DataError(f"{path}: no {text_column!r} column; columns are {names} (use --text-column)")
-    columns = [text_column] + ([id_column] if id_column in names and id_column != text_column else [])
+    _need(path, names, columns)
+    wanted = list(dict.fromkeys([*columns.values(), *([id_column] if id_column in names else [])]))
     index = 0
-    for batch in pf.iter_batches(batch_size=4096, columns=columns):
+    for batch in pf.iter_batches(batch_size=4096, columns=wanted):
         if index + batch.num_rows <= skip:
             index += batch.num_rows
             continue
-        texts = batch.column(0).to_pylist()
-        ids = batch.column(1).to_pylist() if len(columns) > 1 else None
-        for j, text in enumerate(texts):
+        data = {c: batch.column(i).to_pylist() for i, c in enumerate(wanted)}
+        ids = data.get(id_column)
+        for j in range(batch.num_rows):
             if index >= skip:
-                if isinstance(text, bytes):
-                    try:
-                        text = text.decode("utf-8")
-                    except UnicodeDecodeError:
-                        text = text.decode("utf-8", errors="surrogateescape")
                 row_id = ids[j] if ids is not None else index
-                err = _check_text(text, text_column)
-                yield Row(index, row_id, None if err else text, err)
+                # binary values stay bytes: admission decodes them (strict UTF-8) like a Redis field
+                yield Row(index, row_id, {name: data[c][j] for name, c in columns.items()})
             index += 1
 
 
@@ -247,8 +281,27 @@ class JsonlWriter(_AppendWriter):
         self.text.write("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
 
 
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def _int64(value: Any) -> bool:
+    return value is None or (type(value) is int and INT64[0] <= value <= INT64[1])
+
+
+def _id_text(value: Any) -> str | None:
+    """An id as Parquet stores it when the ids are not all int64: strings as they are, others as JSON."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
 class ParquetWriter:
-    """One part file per chunk in ``<output>.parts/``; merged into one file at the end."""
+    """One part file per chunk in ``<output>.parts/``; merged into one file at the end.
+
+    The id column (the first) is int64 when every id of the job is a whole number within int64, and
+    strings otherwise (ids from JSONL may mix types, or exceed int64): a part whose ids are not all
+    int64 stores them as strings, and the merge turns every part's ids into strings then.
+    """
 
     def __init__(self, parts_dir: Path, parts_done: int, columns: list[str]) -> None:
         self.dir = parts_dir
@@ -268,7 +321,11 @@ class ParquetWriter:
         import pyarrow.parquet as pq
 
         if self.pending:
-            table = pa.Table.from_pylist(self.pending)
+            key = self.columns[0]
+            rows = self.pending
+            if not all(_int64(r.get(key)) for r in rows):
+                rows = [{**r, key: _id_text(r.get(key))} for r in rows]
+            table = pa.Table.from_pylist(rows)
             tmp = self.dir / f"part-{self.parts:06d}.parquet.tmp"
             pq.write_table(table, tmp)
             with tmp.open("rb") as f:
@@ -283,20 +340,20 @@ class ParquetWriter:
         self.pending = []
 
     def finish(self, final: Path) -> None:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         parts = sorted(self.dir.glob("part-*.parquet"))
         tmp = final.with_name(final.name + ".tmp")
+        schema = self._merged_schema(parts)
         writer = None
         try:
             for part in parts:
                 table = pq.read_table(part)
                 if writer is None:
-                    writer = pq.ParquetWriter(tmp, table.schema)
-                writer.write_table(table.cast(writer.schema) if table.schema != writer.schema else table)
+                    writer = pq.ParquetWriter(tmp, schema)
+                writer.write_table(table.cast(schema) if table.schema != schema else table)
             if writer is None:  # no scored rows at all: an empty file with the result columns
-                import pyarrow as pa
-
                 pq.write_table(pa.table({c: pa.array([], pa.string()) for c in self.columns}), tmp)
         finally:
             if writer is not None:
@@ -304,3 +361,22 @@ class ParquetWriter:
         os.replace(tmp, final)
         shutil.rmtree(self.dir)
         _fsync_dir(final.parent)
+
+    def _merged_schema(self, parts: Sequence[Path]) -> Any:
+        """One schema for every part: nulls promoted to the type found elsewhere, ids as strings when any
+        part holds them as strings."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not parts:
+            return None
+        schemas = [pq.read_schema(p) for p in parts]
+        key = self.columns[0]
+        if any(
+            key in s.names and not (pa.types.is_integer(s.field(key).type) or pa.types.is_null(s.field(key).type))
+            for s in schemas
+        ):
+            schemas = [
+                s.set(s.get_field_index(key), pa.field(key, pa.string())) if key in s.names else s for s in schemas
+            ]
+        return pa.unify_schemas(schemas, promote_options="permissive")

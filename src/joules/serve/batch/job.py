@@ -6,6 +6,12 @@ to a temporary file and renamed, so it is whole or absent). After a SIGKILL at
 any moment, the next run cuts the outputs back to the checkpoint and carries
 on after the last checkpointed row: every input row ends up exactly once,
 either as an output row or as an error row, in input order.
+
+Each chunk goes through the path every mode shares (``Predictor.predict_rows``):
+a row refused by admission, a row whose model output is not finite, and a row
+that makes the model call fail (found by splitting the call,
+``runtime/isolation.py``) each become an error row ``{"row", "id", "reason"}``
+and the job goes on.
 """
 
 from __future__ import annotations
@@ -20,37 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from joules.errors import ConfigError, DataError
-from joules.runtime import Predictor
+from joules.errors import DataError
+from joules.meter import Cost, job_cost
+from joules.runtime import Prediction, Predictor
+from joules.serve.batch.config import BatchConfig
+from joules.serve.batch.files import JobFiles
 from joules.serve.batch.io import CsvWriter, JsonlWriter, ParquetWriter, ResultWriter, Row, detect_format, read_rows
 
 CHECKPOINT_VERSION = 1
 FIRST_CHUNK, MIN_CHUNK, MAX_CHUNK = 256, 64, 8192
-
-
-@dataclass(frozen=True, kw_only=True)
-class BatchConfig:
-    input: Path
-    output: Path
-    text_column: str = "text"
-    id_column: str = "id"
-    input_format: str | None = None
-    output_format: str | None = None
-    # Rows per checkpoint; None sizes chunks to take about `checkpoint_seconds` each, so a slow
-    # model still checkpoints often and a fast one is not slowed by fsyncs. The Predictor sorts
-    # each chunk by token length before cutting it into model calls.
-    chunk_rows: int | None = None
-    checkpoint_seconds: float = 2.0
-    overwrite: bool = False
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.chunk_rows is not None and self.chunk_rows < 1:
-            raise ConfigError(f"chunk_rows must be >= 1, got {self.chunk_rows}")
-        if self.checkpoint_seconds <= 0:
-            raise ConfigError(f"checkpoint_seconds must be > 0, got {self.checkpoint_seconds}")
-        if self.input.resolve() == self.output.resolve():
-            raise ConfigError(f"the output {str(self.output)!r} would overwrite the input; choose another path")
 
 
 @dataclass
@@ -64,11 +48,13 @@ class BatchSummary:
     labels: Counter[str] = field(default_factory=Counter)
     energy_j: float = 0.0
     cpu_s: float = 0.0
+    usd: float = 0.0
+    co2_g: float = 0.0
     resumed_from: int = 0
     model: str = ""
     output: str = ""
     errors_file: str = ""
-    cost: dict[str, Any] = field(default_factory=dict)  # joules.meter.job_cost: totals and per-1,000 figures
+    cost: dict[str, Any] = field(default_factory=dict)  # joules.meter.job_cost: {"total", "per_1000", ...}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -97,20 +83,25 @@ def _fingerprint(path: Path) -> dict[str, Any]:
 
 class BatchJob:
     def __init__(self, predictor: Predictor, config: BatchConfig) -> None:
-        if not predictor.is_text:
-            raise ConfigError(f"joules batch scores text models; {predictor.ref} takes tensors")
         if not config.input.is_file():
             raise DataError(f"input file {str(config.input)!r} does not exist")
         self.predictor = predictor
         self.cfg = config
         self.in_fmt = detect_format(config.input, config.input_format)
         self.out_fmt = detect_format(config.output, config.output_format)
-        out = config.output
-        self.checkpoint_path = out.with_name(out.name + ".checkpoint.json")
-        self.partial = out.with_name(out.name + (".parts" if self.out_fmt == "parquet" else ".partial"))
-        self.errors_final = out.with_name(out.name + ".errors.jsonl")
-        self.errors_partial = out.with_name(out.name + ".errors.jsonl.partial")
+        self.files = JobFiles.of(config.output, self.out_fmt)
+        self.files.refuse_input(config.input)  # before anything is opened: it would be truncated or replaced
+        self.checkpoint_path = self.files.checkpoint
+        self.partial = self.files.partial
+        self.errors_final = self.files.errors
+        self.errors_partial = self.files.errors_partial
         self.columns = [config.id_column, "label", "action", *(f"prob_{c}" for c in predictor.labels)]
+        # The input columns the model's fields are read from (a text model's may be renamed).
+        fields = predictor.fields
+        if config.text_column is not None and len(fields) == 1:
+            self.sources = {fields[0]: config.text_column}
+        else:
+            self.sources = {f: f for f in fields}
 
     # -- checkpoint ------------------------------------------------------------------------------
 
@@ -171,7 +162,7 @@ class BatchJob:
         """Chunks of rows; with automatic sizing, each is sized from the rate of the one before."""
         size = self.cfg.chunk_rows or FIRST_CHUNK
         chunk: list[Row] = []
-        for row in read_rows(self.cfg.input, self.in_fmt, self.cfg.text_column, self.cfg.id_column, skip=skip):
+        for row in read_rows(self.cfg.input, self.in_fmt, self.sources, self.cfg.id_column, skip=skip):
             chunk.append(row)
             if len(chunk) >= size:
                 started = time.perf_counter()
@@ -184,8 +175,17 @@ class BatchJob:
             yield chunk
 
     def run(self) -> BatchSummary:
-        started = time.perf_counter()
         self.cfg.output.parent.mkdir(parents=True, exist_ok=True)
+        with self.files.lock():  # one run at a time per output
+            try:
+                return self._run()
+            except BaseException:
+                if not self.checkpoint_path.exists():
+                    self.files.discard_partials()  # a failed start leaves nothing behind
+                raise
+
+    def _run(self) -> BatchSummary:
+        started = time.perf_counter()
         ckpt = self._load_checkpoint()
         s = BatchSummary(model=self.predictor.ref, output=str(self.cfg.output), errors_file=str(self.errors_final))
         state: dict[str, Any] = {
@@ -202,6 +202,8 @@ class BatchJob:
             "labels": {},
             "energy_j": 0.0,
             "cpu_s": 0.0,
+            "usd": 0.0,
+            "co2_g": 0.0,
             "status": "running",
         }
         if ckpt is not None:
@@ -213,9 +215,12 @@ class BatchJob:
         self._finalize(state)
         s.rows, s.scored, s.errors = state["rows_done"], state["scored"], state["errors"]
         s.actions, s.labels = Counter(state["actions"]), Counter(state["labels"])
-        s.energy_j, s.cpu_s = state["energy_j"], state["cpu_s"]
+        s.energy_j, s.cpu_s, s.usd, s.co2_g = state["energy_j"], state["cpu_s"], state["usd"], state["co2_g"]
         s.seconds = time.perf_counter() - started
-        s.cost = _job_cost(self.predictor, s)
+        # The rows were priced by the Predictor (the one pricing function); the job is their sum.
+        meter = self.predictor.meter
+        total = Cost(energy_j=s.energy_j, usd=s.usd, co2_g=s.co2_g, cpu_s=s.cpu_s, method=meter.method, how=meter.how)
+        s.cost = job_cost(total, s.scored)
         return s
 
     def _score(self, state: dict[str, Any], s: BatchSummary) -> None:
@@ -234,36 +239,10 @@ class BatchJob:
         )
         try:
             for chunk in self._chunks(state["rows_done"]):
-                good = [r for r in chunk if r.error is None]
-                bad = [r for r in chunk if r.error is not None]
-                if good:
-                    result = self.predictor.predict_texts([r.text for r in good])  # type: ignore[misc]
-                    probs = result.probabilities.tolist()
-                    out_rows = []
-                    for r, label, action, p in zip(good, result.labels, result.actions, probs, strict=True):
-                        rec = {self.cfg.id_column: r.id, "label": label, "action": action}
-                        rec.update(
-                            {f"prob_{c}": round(float(v), 6) for c, v in zip(self.predictor.labels, p, strict=True)}
-                        )
-                        out_rows.append(rec)
-                    writer.write(out_rows)
-                    for label in result.labels:
-                        state["labels"][label] = state["labels"].get(label, 0) + 1
-                    for action in result.actions:
-                        if action is not None:
-                            state["actions"][action] = state["actions"].get(action, 0) + 1
-                    state["energy_j"] += result.measurement.energy_j
-                    state["cpu_s"] += result.measurement.cpu_s
-                    state["scored"] += len(good)
-                    s.processed += len(good)
-                if bad:
-                    errors.write(
-                        [
-                            {"row": r.index, **({"line": r.line} if r.line else {}), "id": r.id, "reason": r.error}
-                            for r in bad
-                        ]
-                    )
-                    state["errors"] += len(bad)
+                out_rows, err_rows = self._judge(chunk, state)
+                writer.write(out_rows)
+                errors.write(err_rows)
+                s.processed += len(out_rows)
                 state["output_position"] = writer.commit()
                 state["errors_position"] = errors.commit()
                 state["rows_done"] = chunk[-1].index + 1
@@ -276,6 +255,33 @@ class BatchJob:
         state["status"] = "finalizing"
         self._save_checkpoint(state)
 
+    def _judge(self, chunk: list[Row], state: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Output rows and error rows of a chunk; the tallies go into ``state``."""
+        readable = [r for r in chunk if r.error is None]
+        results = self.predictor.predict_rows([r.fields or {} for r in readable])
+        found: dict[int, Prediction | Exception] = {r.index: res for r, res in zip(readable, results, strict=True)}
+        out_rows: list[dict[str, Any]] = []
+        err_rows: list[dict[str, Any]] = []
+        for r in chunk:
+            res = found.get(r.index)
+            if isinstance(res, Prediction):
+                for k in ("energy_j", "cpu_s", "usd", "co2_g"):
+                    state[k] += getattr(res.cost, k)
+            reason = r.error or _reason(res)
+            if reason is not None:
+                err_rows.append({"row": r.index, **({"line": r.line} if r.line else {}), "id": r.id, "reason": reason})
+                continue
+            assert isinstance(res, Prediction) and res.probabilities is not None  # no reason: a scored row
+            rec = {self.cfg.id_column: r.id, "label": res.label, "action": res.action}
+            rec.update({f"prob_{c}": round(float(res.probabilities[c]), 6) for c in self.predictor.labels})
+            out_rows.append(rec)
+            state["labels"][res.label] = state["labels"].get(res.label, 0) + 1
+            if res.action is not None:
+                state["actions"][res.action] = state["actions"].get(res.action, 0) + 1
+        state["scored"] += len(out_rows)
+        state["errors"] += len(err_rows)
+        return out_rows, err_rows
+
     def _finalize(self, state: dict[str, Any]) -> None:
         """Move finished outputs into place; idempotent, so a kill here is finished by the next run."""
         if self.partial.exists():
@@ -287,14 +293,13 @@ class BatchJob:
         self.checkpoint_path.unlink(missing_ok=True)
 
 
-def _job_cost(predictor: Predictor, s: BatchSummary) -> dict[str, Any]:
-    """Energy, dollars and CO2 of the scored rows, in total and per 1,000 predictions."""
-    from joules.meter import CostModel, Measurement, job_cost
-    from joules.settings import load_settings
-
-    meter = predictor.meter
-    m = Measurement(s.cpu_s, s.seconds, s.energy_j, meter.method, getattr(meter, "how", ""))
-    return job_cost(CostModel.from_settings(load_settings()).price(m), s.scored)
+def _reason(result: Prediction | Exception | None) -> str | None:
+    """Why a row has no output row: admission's or the model output's reason, or the model's failure."""
+    if isinstance(result, Prediction):
+        return result.error
+    if result is None:
+        return "not scored"
+    return f"the model failed on this row: {type(result).__name__}: {result}"
 
 
 def run_batch(predictor: Predictor, config: BatchConfig) -> BatchSummary:

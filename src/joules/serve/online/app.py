@@ -2,10 +2,12 @@
 
 Every route turns errors into ``{"error": ...}`` through the one status table in
 ``errors.py``. The inference routes share one path: find the served model,
-read and decode the body, run it through the model's DynamicBatcher (with the
-request's deadline, cancelled if the client goes away), encode the answer with
-its cost (``X-Joules-*`` headers; V2 ``parameters``, /v1 ``cost``), and count
-it in /metrics.
+read and decode the body, admit each row (``runtime/admission.py``: a refused
+row is a 400 with the reason every mode gives), run the rows through the
+model's DynamicBatcher (with the request's deadline, cancelled if the client
+goes away), refuse an answer with a row whose model output is not finite (422),
+encode the answer with its cost (``X-Joules-*`` headers; V2 ``parameters``,
+/v1 ``cost``), and count it in /metrics. Every body is strict JSON.
 """
 
 from __future__ import annotations
@@ -26,14 +28,14 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from joules import __version__
-from joules.errors import BatcherClosedError
+from joules.errors import BatcherClosedError, OutputError, RepositoryControlError
 from joules.meter import CostModel
 from joules.registry import Registry
 from joules.serve.online import protocol_v1, protocol_v2
 from joules.serve.online.config import ServeConfig
 from joules.serve.online.edge import EdgeMiddleware, read_body, unless_disconnected
 from joules.serve.online.errors import error_response, status_of
-from joules.serve.online.handler import Job, Outcome
+from joules.serve.online.handler import Answer, Job
 from joules.serve.online.metrics import CONTENT_TYPE, ServerMetrics
 from joules.serve.online.openapi import DOCS_HTML, openapi_document
 from joules.serve.online.repository import ModelRepository, ServedModel
@@ -82,6 +84,10 @@ class OnlineServer:
         # What is alive now (modules, models, the app) lives as long as the server: keep it out of
         # the cyclic collector's way, so that a full collection costs microseconds, not milliseconds.
         gc.freeze()
+        if self.config.model_control == "explicit" and self.config.api_key_env is None:
+            log.warning(
+                "--model-control explicit without --api-key-env: anyone who can reach this server can unload its models"
+            )
         url = f"http://{self.config.host}:{self.config.port}"
         models = self.repo.models()
         log.info("pricing: %s", _pricing(self.settings.pricing()))
@@ -107,7 +113,7 @@ class OnlineServer:
         name: str,
         version: str | None,
         decode: Callable[[bytes, ServedModel], tuple[Job, float | None]],
-        encode: Callable[[ServedModel, Outcome], Response],
+        encode: Callable[[ServedModel, Answer], Response],
     ) -> Response:
         started = time.perf_counter()
         arrived = time.monotonic()
@@ -120,8 +126,8 @@ class OnlineServer:
             body = await read_body(request, self.config.max_body_bytes)
             job, client_timeout = decode(body, served)
             timeout = self.config.timeout_s if client_timeout is None else min(client_timeout, self.config.timeout_s)
-            outcome = await unless_disconnected(request, self._run(served, name, version, job, arrived + timeout))
-            response = encode(served, outcome)
+            answer = await unless_disconnected(request, self._run(served, name, version, job, arrived + timeout))
+            response = encode(served, answer)
         except Exception as e:
             response = error_response(e)
         finally:
@@ -131,7 +137,7 @@ class OnlineServer:
             self.metrics.request_duration.labels(*labels).observe(time.perf_counter() - started)
         return response
 
-    async def _run(self, served: ServedModel, name: str, version: str | None, job: Job, deadline: float) -> Outcome:
+    async def _run(self, served: ServedModel, name: str, version: str | None, job: Job, deadline: float) -> Answer:
         try:
             return await served.infer(job, deadline)
         except BatcherClosedError:
@@ -147,15 +153,18 @@ class OnlineServer:
         decoded: dict[str, protocol_v2.V2Request] = {}
 
         def decode(body: bytes, served: ServedModel) -> tuple[Job, float | None]:
-            req = protocol_v2.decode_request(body, header_length, served.signature, max_rows=max_rows)
+            req = protocol_v2.decode_request(
+                body, header_length, served.signature, served.predictor.admit, max_rows=max_rows
+            )
             decoded["req"] = req
             return req.job, req.timeout_s
 
-        def encode(served: ServedModel, outcome: Outcome) -> Response:
+        def encode(served: ServedModel, answer: Answer) -> Response:
+            _check_rows(answer, "row {}")
             body, headers = protocol_v2.encode_response(
-                served.name, served.version, outcome, decoded["req"], served.labels
+                served.name, served.version, answer, decoded["req"], served.labels
             )
-            return Response(body, headers=headers | outcome.cost.headers())
+            return Response(body, headers=headers | answer.cost.headers())
 
         return await self.infer(request, name, version, decode, encode)
 
@@ -163,11 +172,13 @@ class OnlineServer:
         max_rows = self.config.max_instances
 
         def decode(body: bytes, served: ServedModel) -> tuple[Job, float | None]:
-            return protocol_v1.decode_request(body, served.signature, max_rows=max_rows), None
+            job = protocol_v1.decode_request(body, served.signature, served.predictor.admit, max_rows=max_rows)
+            return job, None
 
-        def encode(served: ServedModel, outcome: Outcome) -> Response:
-            body = protocol_v1.encode_response(served.name, served.version, outcome, served.labels)
-            return Response(body, media_type="application/json", headers=outcome.cost.headers())
+        def encode(served: ServedModel, answer: Answer) -> Response:
+            _check_rows(answer, "instances[{}]")
+            body = protocol_v1.encode_response(served.name, served.version, answer)
+            return Response(body, media_type="application/json", headers=answer.cost.headers())
 
         return await self.infer(request, request.path_params["model"], None, decode, encode)
 
@@ -257,7 +268,15 @@ class OnlineServer:
             rows = [r for r in rows if r["state"] == "READY"]
         return JSONResponse(rows)
 
+    def _check_model_control(self, verb: str) -> None:
+        if self.config.model_control != "explicit":
+            raise RepositoryControlError(
+                f"this server does not {verb} models on request: repository control is off "
+                "(start it with --model-control explicit to allow POST /v2/repository/models/NAME/load and /unload)"
+            )
+
     async def repository_load(self, request: Request) -> Response:
+        self._check_model_control("load")
         body = await read_body(request, self.config.max_body_bytes)
         if body.strip():
             parse(RepositoryLoadRequest, body)
@@ -265,6 +284,7 @@ class OnlineServer:
         return JSONResponse({"name": m.name, "version": str(m.version), "state": "READY"})
 
     async def repository_unload(self, request: Request) -> Response:
+        self._check_model_control("unload")
         body = await read_body(request, self.config.max_body_bytes)
         if body.strip():
             parse(RepositoryLoadRequest, body)
@@ -293,6 +313,14 @@ class OnlineServer:
                 "metrics": "/metrics",
             }
         )
+
+
+def _check_rows(answer: Answer, where: str) -> None:
+    """A row without a label (its model output is not finite) makes the request a 422 naming the row
+    as the request named it (``where``: ``instances[{}]`` or ``row {}``)."""
+    for i, row in enumerate(answer.rows):
+        if row.error is not None:
+            raise OutputError(f"{where.format(i)}: {row.error}; no label or action is given for it")
 
 
 def _pricing(p: dict[str, Any]) -> str:

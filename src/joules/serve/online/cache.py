@@ -11,15 +11,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import numpy as np
-
 from joules.errors import ConfigError
+from joules.runtime import Prediction
 
-Row = tuple[np.ndarray, str, str | None]
+Row = Prediction  # stored without its cost: an answer from the cache causes no model call
 
 
 class ResponseCache:
-    """A least-recently-used map of row digest to (probabilities, label, action)."""
+    """A least-recently-used map of row digest to its result row (label, probabilities, action)."""
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
@@ -42,9 +41,9 @@ class ResponseCache:
         return row
 
     def put(self, key: bytes, row: Row) -> None:
-        probs = np.array(row[0], dtype=np.float32)  # a copy: never a view into a whole batch
-        probs.flags.writeable = False
-        self._rows[key] = (probs, row[1], row[2])
+        if row.error is not None:
+            return  # a row without a label is not an answer worth repeating
+        self._rows[key] = Prediction(label=row.label, probabilities=row.probabilities, action=row.action)
         self._rows.move_to_end(key)
         while len(self._rows) > self.capacity:
             self._rows.popitem(last=False)

@@ -1,4 +1,9 @@
-"""What ``joules serve`` was asked to do: one frozen, validated configuration."""
+"""What ``joules serve`` was asked to do: one frozen, validated configuration.
+
+``joules serve`` with no flags runs exactly ``ServeConfig()``: its flags take
+their defaults from these fields (``cli/serve.py``). Light to import (no
+ONNX Runtime, no registry), so the CLI can read them when it builds its parser.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from joules.errors import ConfigError
-from joules.registry import validate_name
-from joules.runtime import RuntimeOptions
 from joules.runtime.batching import BatchingConfig
+from joules.runtime.limits import MAX_TEXT_BYTES
+from joules.runtime.options import RuntimeOptions
 
 MIB = 1 << 20
+KIB = 1 << 10
+MODEL_CONTROL = ("none", "explicit")
+
+
+@dataclass(frozen=True, kw_only=True)
+class HttpLimits:
+    """What one connection may send before the app sees a request (enforced in ``connection.py``)."""
+
+    max_header_kb: float = 64.0  # request line + headers; nginx's default buffers hold 4 x 8 KiB, Node's 16 KiB
+    max_headers: int = 100  # header fields per request (Apache's LimitRequestFields default)
+    header_timeout_s: float = 10.0  # from a request's first byte (or the connection's opening) to its blank line
+    body_timeout_s: float = 30.0  # from the end of the headers to the last byte of the declared body
+    keep_alive_s: float = 5.0  # an idle connection between requests is closed after this (uvicorn's default)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_header_kb <= 16 * 1024:
+            raise ConfigError(f"max_header_kb must be in [1, 16384] KiB, got {self.max_header_kb}")
+        if not 1 <= self.max_headers <= 10_000:
+            raise ConfigError(f"max_headers must be in [1, 10000], got {self.max_headers}")
+        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s"):
+            value = getattr(self, name)
+            if not 0.1 <= value <= 3600:
+                raise ConfigError(f"{name} must be in [0.1, 3600] seconds, got {value}")
+
+    @property
+    def max_header_bytes(self) -> int:
+        return int(self.max_header_kb * KIB)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,15 +60,27 @@ class ServeConfig:
     cache_size: int = 0  # response cache entries per model version; 0: off
     poll_interval_s: float = 2.0  # how often the registry is asked for a new production version
     drain_timeout_s: float = 30.0  # graceful shutdown: how long in-flight requests may take
-    max_connections: int = 2048  # beyond this uvicorn answers 503 before reading the request
+    max_connections: int = 2048  # beyond this a request is answered 503 (health probes excepted)
+    # Bounds on what a client may send before the app sees it (HttpLimits says why each default).
+    max_header_kb: float = HttpLimits.max_header_kb
+    max_headers: int = HttpLimits.max_headers
+    header_timeout_s: float = HttpLimits.header_timeout_s
+    body_timeout_s: float = HttpLimits.body_timeout_s
+    keep_alive_s: float = HttpLimits.keep_alive_s
+    # Load and unload through POST /v2/repository/models/...: "none" (the default) refuses them
+    # with 403; "explicit" allows them (Triton's explicit model control mode), behind the API key.
+    model_control: str = "none"
     threads: int = 0  # ONNX Runtime intra-op threads per instance; 0: the cores shared among instances
     # ONNX Runtime's pool threads spin this long for more work before they sleep; 0: never spin.
     # Bounded, spinning costs no CPU per request and saves the wake-ups (docs/benchmarks.md).
     spin_us: int = 100
     providers: tuple[str, ...] | None = None
     access_log: bool = False
+    max_text_bytes: int = MAX_TEXT_BYTES  # admission's bound on one text, as in every mode
 
     def __post_init__(self) -> None:
+        from joules.registry.names import validate_name  # the registry is loaded only when serving
+
         object.__setattr__(self, "models", tuple(self.models))
         for name in self.models:
             validate_name(name)
@@ -58,14 +102,28 @@ class ServeConfig:
             raise ConfigError(f"drain_timeout_s must be in [0, 3600], got {self.drain_timeout_s}")
         if self.max_connections < 1:
             raise ConfigError(f"max_connections must be >= 1, got {self.max_connections}")
+        self.http_limits()  # raises on a bad limit
+        if self.model_control not in MODEL_CONTROL:
+            raise ConfigError(f"model_control must be one of {list(MODEL_CONTROL)}, got {self.model_control!r}")
         if self.threads < 0:
             raise ConfigError(f"threads must be >= 0, got {self.threads}")
         if not 0 <= self.spin_us <= 1_000_000:
             raise ConfigError(f"spin_us must be in [0, 1000000] (0: never spin), got {self.spin_us}")
+        if not isinstance(self.max_text_bytes, int) or self.max_text_bytes < 1:
+            raise ConfigError(f"max_text_bytes must be a whole number >= 1, got {self.max_text_bytes!r}")
         if self.rules_file is not None and not Path(self.rules_file).is_file():
             raise ConfigError(f"rule file {str(self.rules_file)!r} does not exist")
         if self.api_key_env is not None:
             self.api_key()  # fail at startup, not at the first request
+
+    def http_limits(self) -> HttpLimits:
+        return HttpLimits(
+            max_header_kb=self.max_header_kb,
+            max_headers=self.max_headers,
+            header_timeout_s=self.header_timeout_s,
+            body_timeout_s=self.body_timeout_s,
+            keep_alive_s=self.keep_alive_s,
+        )
 
     @property
     def max_body_bytes(self) -> int:
@@ -96,6 +154,8 @@ class ServeConfig:
             spin_duration_us=self.spin_us or None,
             mem_pattern=False,  # patterns are cached per input shape: useless and growing with varying shapes
             max_batch_size=self.batching.max_batch_size,
+            max_batch_tokens=self.batching.max_batch_tokens,
+            max_text_bytes=self.max_text_bytes,
             warmup=True,
         )
 

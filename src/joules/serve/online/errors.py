@@ -22,14 +22,20 @@ from joules.errors import (
     ConfigError,
     DeadlineExceededError,
     EngineUnavailableError,
+    HeaderTooLargeError,
     InputError,
     IntegrityError,
     InvalidNameError,
     JoulesError,
+    MalformedRequestError,
+    ModelLoadError,
     ModelNotFoundError,
     ModelNotReadyError,
+    OutputError,
     PayloadTooLargeError,
     QueueFullError,
+    RepositoryControlError,
+    RequestTimeoutError,
     RuleError,
     UnauthorizedError,
     UnsupportedMediaError,
@@ -42,10 +48,16 @@ STATUS: dict[type[BaseException], int] = {
     InputError: 400,
     InvalidNameError: 400,
     RuleError: 400,
+    MalformedRequestError: 400,
+    ModelLoadError: 400,  # as Triton answers a load that fails: the reason is in the message
     UnauthorizedError: 401,
+    RepositoryControlError: 403,
     ModelNotFoundError: 404,
+    RequestTimeoutError: 408,
     PayloadTooLargeError: 413,
     UnsupportedMediaError: 415,
+    OutputError: 422,  # the request was well formed; the model's answer to it is unusable
+    HeaderTooLargeError: 431,
     ClientClosedError: 499,
     ClientDisconnect: 499,  # gone while its body was being read
     QueueFullError: 503,
@@ -92,5 +104,5 @@ def error_response(error: BaseException) -> Response:
         headers["Retry-After"] = "1"
     if isinstance(error, UnauthorizedError):
         headers["WWW-Authenticate"] = 'Bearer realm="joules"'
-    body = json.dumps({"error": message}).encode()
+    body = json.dumps({"error": message}, allow_nan=False).encode()
     return Response(body, status_code=status, headers=headers, media_type="application/json")

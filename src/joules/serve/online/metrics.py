@@ -114,6 +114,9 @@ class ServerMetrics:
         self.registry_polls = Counter(
             "joules_registry_polls", "Times the registry was asked for new production versions", registry=r
         )
+        self.registry_poll_errors = Counter(
+            "joules_registry_poll_errors", "Registry polls that failed (logged; the next poll tries again)", registry=r
+        )
         r.register(_StateCollector(states))
 
     # -- observers handed to the batcher and the runner -------------------------------------------

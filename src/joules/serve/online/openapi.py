@@ -170,7 +170,7 @@ def openapi_document(version: str, api_key: bool) -> dict[str, Any]:
     for verb in ("load", "unload"):
         paths[f"/v2/repository/models/{{model}}/{verb}"] = {
             "post": _op(
-                f"{verb} the model's production version",
+                f"{verb} the model's production version (with --model-control explicit; 403 otherwise)",
                 simple_ok,
                 params=[_MODEL],
                 body=s.RepositoryLoadRequest,

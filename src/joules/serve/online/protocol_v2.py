@@ -9,6 +9,10 @@ travel as binary when the request asks (an output's ``binary_data``, or
 ``binary_data_output`` when no outputs are named, as tritonclient does).
 See github.com/triton-inference-server/server docs/protocol/extension_binary_data.md.
 
+The tensors are cut into rows (the first dimension) and each row is admitted
+by the bundle's input kind, as in every mode: a refused row answers 400 with
+``row i: <reason>``.
+
 A response's ``parameters`` carry the request's cost: ``energy_j``,
 ``cost_usd``, ``co2_g`` and ``energy_method`` (``joules.meter.Cost.parameters``).
 """
@@ -25,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from joules.errors import InputError
-from joules.serve.online.handler import Job, Outcome
+from joules.serve.online.handler import Answer, Job
+from joules.serve.online.protocol_v1 import Admit
 from joules.serve.online.schemas import InferenceRequest, RequestInput, parse
 from joules.serve.online.signature import OUTPUTS, V2_NUMPY, Signature, TensorInfo
 
@@ -51,7 +56,7 @@ class V2Request:
 # -- requests ----------------------------------------------------------------------------------
 
 
-def decode_request(body: bytes, header_length: str | None, sig: Signature, *, max_rows: int) -> V2Request:
+def decode_request(body: bytes, header_length: str | None, sig: Signature, admit: Admit, *, max_rows: int) -> V2Request:
     head, binary = _split(body, header_length)
     req: InferenceRequest = parse(InferenceRequest, head)
     params = req.parameters or {}
@@ -62,17 +67,15 @@ def decode_request(body: bytes, header_length: str | None, sig: Signature, *, ma
         if isinstance(t, bool) or not isinstance(t, int) or t < 0:
             raise InputError(f"parameters.timeout must be a whole number of microseconds >= 0, got {t!r}")
         timeout_s = t / 1e6 if t > 0 else None
-    job = _decode_inputs(req.inputs, binary, sig, max_rows)
+    job = _decode_inputs(req.inputs, binary, sig, admit, max_rows)
     return V2Request(job, _decode_outputs(req, sig, binary_output), req.id, timeout_s)
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
     if header_length is None:
         return body, memoryview(b"")
-    try:
-        n = int(header_length)
-    except ValueError:
-        n = -1
+    # ASCII digits only: int() also takes "1_0", "+10" and other scripts' digits.
+    n = int(header_length) if header_length.isascii() and header_length.isdigit() else -1
     if not 0 <= n <= len(body):
         raise InputError(
             f"Inference-Header-Content-Length {header_length!r} must be a whole number between 0 and "
@@ -89,7 +92,9 @@ def _flag(params: dict[str, Any], key: str, where: str) -> bool:
     return value
 
 
-def _decode_inputs(inputs: Sequence[RequestInput], binary: memoryview, sig: Signature, max_rows: int) -> Job:
+def _decode_inputs(
+    inputs: Sequence[RequestInput], binary: memoryview, sig: Signature, admit: Admit, max_rows: int
+) -> Job:
     if not inputs:
         raise InputError(f"the request has no inputs; the model takes {[t.name for t in sig.inputs]}")
     names = [i.name for i in inputs]
@@ -127,9 +132,13 @@ def _decode_inputs(inputs: Sequence[RequestInput], binary: memoryview, sig: Sign
         rows = n
     if offset != len(binary):
         raise InputError(f"{len(binary) - offset} bytes of binary data follow the JSON header that no input claims")
-    if sig.is_text:
-        return Job(texts=arrays[sig.inputs[0].name])
-    return Job(tensors=arrays)
+    values = []
+    for i in range(rows or 0):
+        try:
+            values.append(admit({name: column[i] for name, column in arrays.items()}))
+        except InputError as e:
+            raise InputError(f"row {i}: {e}") from None
+    return Job(values)
 
 
 def _check_shape(inp: RequestInput, info: TensorInfo, max_rows: int) -> int:
@@ -169,7 +178,7 @@ def _binary_size(inp: RequestInput) -> int | None:
 
 def _from_binary(inp: RequestInput, info: TensorInfo, data: memoryview, count: int) -> Any:
     if info.datatype == "BYTES":
-        items: list[str] = []
+        items: list[bytes] = []
         pos = 0
         while pos < len(data):
             if pos + 4 > len(data):
@@ -178,7 +187,7 @@ def _from_binary(inp: RequestInput, info: TensorInfo, data: memoryview, count: i
             pos += 4
             if pos + n > len(data):
                 raise InputError(f"input {inp.name!r}: binary BYTES element {len(items)} is cut short")
-            items.append(_utf8(inp.name, data[pos : pos + n], len(items)))
+            items.append(bytes(data[pos : pos + n]))  # decoded (strict UTF-8) by admission
             pos += n
         if len(items) != count:
             raise InputError(f"input {inp.name!r} has shape {inp.shape} ({count} elements) but carries {len(items)}")
@@ -192,22 +201,12 @@ def _from_binary(inp: RequestInput, info: TensorInfo, data: memoryview, count: i
     return np.frombuffer(data, dtype=dtype).astype(dtype.newbyteorder("="), copy=True).reshape(inp.shape)
 
 
-def _utf8(name: str, raw: memoryview, index: int) -> str:
-    try:
-        return bytes(raw).decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(f"input {name!r} element {index} is not valid UTF-8 text ({e.reason})") from None
-
-
 def _from_json(inp: RequestInput, info: TensorInfo, data: list[Any], count: int) -> Any:
     flat = _flatten(data, len(inp.shape), inp.name)
     if len(flat) != count:
         raise InputError(f"input {inp.name!r} has shape {inp.shape} ({count} elements) but carries {len(flat)}")
     if info.datatype == "BYTES":
-        for i, x in enumerate(flat):
-            if not isinstance(x, str):
-                raise InputError(f"input {inp.name!r} element {i} must be a string, got {type(x).__name__}")
-        return flat
+        return flat  # one element per row ([N] or [N, 1]); each element's type is admission's to check
     want_bool = info.datatype == "BOOL"
     for i, x in enumerate(flat):
         ok = isinstance(x, bool) if want_bool else isinstance(x, (int, float)) and not isinstance(x, bool)
@@ -216,10 +215,9 @@ def _from_json(inp: RequestInput, info: TensorInfo, data: list[Any], count: int)
                 f"input {inp.name!r} element {i} must be {'true/false' if want_bool else 'a number'}, "
                 f"got {type(x).__name__} ({str(x)[:20]!r})"
             )
-    try:
-        return np.array(flat, dtype=info.numpy).reshape(inp.shape)
-    except (OverflowError, ValueError) as e:
-        raise InputError(f"input {inp.name!r} cannot be read as {info.datatype}: {e}") from None
+    # Numbers stay float64 (bool for BOOL) until admission converts each row to the model's dtype,
+    # so a value out of the model's range (1e39 for float32) is refused there, as in every mode.
+    return np.array(flat, dtype=np.bool_ if want_bool else np.float64).reshape(inp.shape)
 
 
 def _flatten(data: list[Any], depth: int, name: str) -> list[Any]:
@@ -258,14 +256,15 @@ def _decode_outputs(req: InferenceRequest, sig: Signature, binary_output: bool) 
 
 
 def encode_response(
-    model: str, version: int, outcome: Outcome, req: V2Request, labels: Sequence[str]
+    model: str, version: int, answer: Answer, req: V2Request, labels: Sequence[str]
 ) -> tuple[bytes, dict[str, str]]:
     """The response body and its headers (``Inference-Header-Content-Length`` when binary follows)."""
-    n = len(outcome)
+    n = len(answer)
+    probs = np.array([[r.probabilities[c] for c in labels] for r in answer.rows if r.probabilities], dtype=np.float32)
     outputs: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     for o in req.outputs:
-        datatype, shape, values = _output(o, outcome, labels, n)
+        datatype, shape, values = _output(o, answer, probs.reshape(n, len(labels)), labels, n)
         entry: dict[str, Any] = {"name": o.name, "datatype": datatype, "shape": shape}
         if o.binary:
             chunk = _bytes_tensor(values) if datatype == "BYTES" else np.ascontiguousarray(values, "<f4").tobytes()
@@ -277,9 +276,9 @@ def encode_response(
     head: dict[str, Any] = {"model_name": model, "model_version": str(version)}
     if req.id is not None:
         head["id"] = req.id
-    head["parameters"] = outcome.cost.parameters()  # this request's energy, dollars and CO2
+    head["parameters"] = answer.cost.parameters()  # this request's energy, dollars and CO2
     head["outputs"] = outputs
-    header = json.dumps(head, separators=(",", ":")).encode()
+    header = json.dumps(head, separators=(",", ":"), allow_nan=False).encode()
     if not chunks:
         return header, {"Content-Type": "application/json"}
     return b"".join([header, *chunks]), {
@@ -288,17 +287,19 @@ def encode_response(
     }
 
 
-def _output(o: OutputRequest, outcome: Outcome, labels: Sequence[str], n: int) -> tuple[str, list[int], Any]:
+def _output(
+    o: OutputRequest, answer: Answer, probs: np.ndarray, labels: Sequence[str], n: int
+) -> tuple[str, list[int], Any]:
     if o.name == "label":
-        return "BYTES", [n], list(outcome.labels)
+        return "BYTES", [n], [r.label or "" for r in answer.rows]
     if o.name == "action":
-        return "BYTES", [n], [a or "" for a in outcome.actions]
+        return "BYTES", [n], [r.action or "" for r in answer.rows]
     if o.classification:
         k = o.classification
-        top = np.argsort(-outcome.probabilities, axis=1, kind="stable")[:, :k]
-        values = [f"{outcome.probabilities[r, c]:f}:{c}:{labels[c]}" for r in range(n) for c in top[r].tolist()]
+        top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        values = [f"{probs[r, c]:f}:{c}:{labels[c]}" for r in range(n) for c in top[r].tolist()]
         return "BYTES", [n, k], values
-    return "FP32", [n, len(labels)], outcome.probabilities
+    return "FP32", [n, len(labels)], probs
 
 
 def _bytes_tensor(values: Sequence[str]) -> bytes:

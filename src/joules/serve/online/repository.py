@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from joules.decide import RuleSet
-from joules.errors import JoulesError, ModelNotFoundError, ModelNotReadyError
+from joules.errors import JoulesError, ModelLoadError, ModelNotFoundError, ModelNotReadyError
 from joules.meter import Cost, CostModel, EnergyMeter
 from joules.registry import Registry, validate_name
 from joules.registry.names import parse_version
@@ -28,7 +28,7 @@ from joules.runtime import Predictor
 from joules.runtime.batching import DynamicBatcher
 from joules.serve.online.cache import ResponseCache, Row
 from joules.serve.online.config import ServeConfig
-from joules.serve.online.handler import Job, ModelRunner, Outcome
+from joules.serve.online.handler import Answer, Job, ModelRunner
 from joules.serve.online.metrics import ModelState, ServerMetrics
 from joules.serve.online.signature import Signature
 
@@ -68,9 +68,8 @@ class ServedModel:
             max_batch_size=config.batching.max_batch_size,
             max_batch_tokens=config.batching.max_batch_tokens,
             on_call=metrics.call_observer(name, v, prices),
-            prices=prices,
         )
-        self.batcher: DynamicBatcher[Job, Outcome] = DynamicBatcher(
+        self.batcher: DynamicBatcher[Job, Answer] = DynamicBatcher(
             runner, config.batching, name=f"{name}:{v}", on_dispatch=metrics.queue_observer(name, v)
         )
         self.cache = ResponseCache(config.cache_size) if config.cache_size else None
@@ -84,7 +83,7 @@ class ServedModel:
     def ref(self) -> str:
         return f"{self.name}:{self.version}"
 
-    async def infer(self, job: Job, deadline: float | None) -> Outcome:
+    async def infer(self, job: Job, deadline: float | None) -> Answer:
         if self.cache is None:
             return await self.batcher.submit(job, rows=job.rows, deadline=deadline)
         keys = job.row_keys()
@@ -97,11 +96,11 @@ class ServedModel:
             sub = job if len(missing) == len(keys) else job.take(missing)
             out = await self.batcher.submit(sub, rows=sub.rows, deadline=deadline)
             for j, i in enumerate(missing):
-                row = out.row(j)
+                row = out.rows[j]
                 self.cache.put(keys[i], row)
                 found[i] = row
             cost = out.cost  # the rows found in the cache add nothing
-        return Outcome.assemble([r for r in found if r is not None], cost)
+        return Answer([r for r in found if r is not None], cost)
 
     def state(self) -> ModelState:
         return ModelState(
@@ -173,7 +172,9 @@ class ModelRepository:
 
     @property
     def ready(self) -> bool:
-        return self.started and all(n in self._models for n in self._watch)
+        """Started, and every model this server is meant to serve is loaded (one unloaded through the
+        repository API counts as not loaded until it is loaded again)."""
+        return self.started and all(n in self._models for n in self._watch | self._unloaded)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -247,16 +248,24 @@ class ModelRepository:
             log.info("loading %s:%d%s", name, version, f" beside {current.ref}" if current else "")
             try:
                 model = await asyncio.to_thread(self._build, name, version)
-            except JoulesError as e:
+            # A load can fail in any library it goes through (ONNX Runtime, tokenizers, numpy...): whatever
+            # it raises is logged, counted and recorded with its reason; the old version keeps serving.
+            except Exception as e:
                 self.metrics.model_loads.labels(name, "failed").inc()
+                reason = str(e).strip() if isinstance(e, JoulesError) else f"{type(e).__name__}: {str(e).strip()}"
                 self._status[name] = ModelStatus(
-                    State.UNAVAILABLE, version, f"version {version} failed to load: {e}", failed_version=version
+                    State.UNAVAILABLE, version, f"version {version} failed to load: {reason}", failed_version=version
                 )
                 log.error(
-                    "could not load %s:%d (%s)%s", name, version, e, "; still serving " + current.ref if current else ""
+                    "could not load %s:%d (%s)%s",
+                    name,
+                    version,
+                    reason,
+                    "; still serving " + current.ref if current else "",
+                    exc_info=None if isinstance(e, JoulesError) else e,
                 )
                 if strict:
-                    raise
+                    raise ModelLoadError(f"{name}:{version} could not be loaded: {reason}") from e
                 return current
             if not strict and name not in self._watch:  # unloaded while loading
                 await model.batcher.close()
@@ -287,6 +296,7 @@ class ModelRepository:
             rules=rules,
             options=cfg.runtime_options(),
             meter=EnergyMeter.from_settings(self.registry.settings),
+            prices=self.prices,
             version=version,
         )
         return ServedModel(name, predictor, cfg, self.metrics, self.prices)
@@ -304,5 +314,11 @@ class ModelRepository:
                 for name in sorted(names):
                     await self._ensure(name)
                 self.metrics.registry_polls.inc()
-            except (JoulesError, OSError) as e:  # e.g. the registry is briefly unreadable: try again next time
-                log.warning("registry poll failed: %s", e)
+            # The poller must outlive any failure (a registry briefly unreadable or locked, a bug): it is
+            # logged and counted, and the next poll tries again.
+            except Exception as e:
+                self.metrics.registry_poll_errors.inc()
+                if isinstance(e, JoulesError | OSError):
+                    log.warning("registry poll failed: %s", e)
+                else:
+                    log.error("registry poll failed; polling goes on", exc_info=e)

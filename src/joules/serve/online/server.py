@@ -21,6 +21,7 @@ from joules.errors import JoulesError
 from joules.registry import Registry
 from joules.serve.online.app import create_app
 from joules.serve.online.config import ServeConfig
+from joules.serve.online.connection import protocol_class
 
 log = logging.getLogger(__name__)
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -63,6 +64,8 @@ def run_server(config: ServeConfig, *, registry: Registry | None = None) -> int:
         access_log=config.access_log,
         timeout_graceful_shutdown=int(config.drain_timeout_s),
         limit_concurrency=config.max_connections,
+        http=protocol_class(config.http_limits()),  # header, body and connection limits (connection.py)
+        ws="none",  # no route takes a WebSocket: an upgrade request is answered as plain HTTP
         lifespan="on",
         server_header=False,
     )

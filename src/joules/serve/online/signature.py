@@ -1,8 +1,10 @@
 """A served model's tensors as the Open Inference Protocol names them.
 
-A text model takes one BYTES input (its text field) of shape [N]; a tensor
-model takes the inputs its bundle declares. Every model answers
-``probabilities`` (FP32 [N, C]), ``label`` and ``action`` (BYTES [N]).
+The inputs are the fields of the bundle's input kind (``runtime/admission.py``):
+a tensor model takes its model inputs, with their datatypes and shapes; any
+other kind (text, and kinds added later) takes one BYTES input of shape [N] per
+field, each element one row's raw value for admission to convert. Every model
+answers ``probabilities`` (FP32 [N, C]), ``label`` and ``action`` (BYTES [N]).
 """
 
 from __future__ import annotations
@@ -12,16 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from joules.runtime import Predictor
+from joules.runtime.admission import TensorKind, TextKind
 
-# joules.yaml dtype -> (V2 datatype, numpy dtype)
-DTYPES: dict[str, tuple[str, type]] = {
-    "float32": ("FP32", np.float32),
-    "float16": ("FP16", np.float16),
-    "int64": ("INT64", np.int64),
-    "int32": ("INT32", np.int32),
-    "bool": ("BOOL", np.bool_),
-    "string": ("BYTES", np.object_),
-}
 # V2 datatype -> numpy dtype, for decoding any tensor a client sends.
 V2_NUMPY: dict[str, type] = {
     "BOOL": np.bool_,
@@ -39,6 +33,7 @@ V2_NUMPY: dict[str, type] = {
     "BYTES": np.object_,
 }
 OUTPUTS = ("probabilities", "label", "action")
+_V2_OF = {np.dtype(t): name for name, t in V2_NUMPY.items() if name != "BYTES"}
 
 
 @dataclass(frozen=True)
@@ -65,23 +60,19 @@ class Signature:
     @classmethod
     def of(cls, predictor: Predictor) -> Signature:
         spec = predictor.spec
-        if predictor.is_text:
-            inputs: tuple[TensorInfo, ...] = (TensorInfo(spec.preprocess.text_field, "BYTES", (-1,)),)
-        else:
-            inputs = tuple(
-                TensorInfo(
-                    t.name,
-                    DTYPES[t.dtype][0],
-                    tuple(-1 if i == 0 or not isinstance(d, int) or d < 0 else d for i, d in enumerate(t.shape)),
-                )
-                for t in spec.inputs
+        kind = predictor.kind
+        if isinstance(kind, TensorKind):
+            inputs: tuple[TensorInfo, ...] = tuple(
+                TensorInfo(t.name, _V2_OF[np.dtype(t.dtype)], (-1, *t.row_shape)) for t in kind.inputs
             )
+        else:
+            inputs = tuple(TensorInfo(name, "BYTES", (-1,)) for name in kind.fields)
         outputs = (
             TensorInfo("probabilities", "FP32", (-1, len(spec.labels))),
             TensorInfo("label", "BYTES", (-1,)),
             TensorInfo("action", "BYTES", (-1,)),
         )
-        return cls(inputs, outputs, tuple(spec.labels), predictor.is_text)
+        return cls(inputs, outputs, tuple(spec.labels), isinstance(kind, TextKind))
 
     def input(self, name: str) -> TensorInfo | None:
         return next((t for t in self.inputs if t.name == name), None)

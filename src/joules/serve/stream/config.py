@@ -15,6 +15,7 @@ from enum import StrEnum
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from joules.errors import ConfigError
+from joules.runtime.limits import MAX_TEXT_BYTES, WINDOW_ROWS
 
 STDIO = "-"
 REDIS_SCHEMES = ("redis", "rediss")
@@ -132,15 +133,17 @@ class StreamConfig:
 
     group: str
     consumer: str
-    batch_size: int = 64  # messages read, judged, written and acked together
+    batch_size: int = WINDOW_ROWS  # messages read, judged, written and acked together (then cut into calls)
     max_wait_ms: int = 20  # a micro-batch closes when full or this long after its first message
     start: str = "0"  # where a new group starts: 0 = the whole backlog, $ = only new messages
     claim_idle_ms: int = 30_000  # pending entries idle this long belong to a dead consumer and are claimed
     max_attempts: int = 3  # deliveries of one message before it is dead-lettered
-    max_text_bytes: int = 65_536  # longer texts are dead letters; shorter ones are truncated by tokens
+    # A JSONL line this much longer (plus room for the other fields) is refused unread; admission's
+    # own bound (RuntimeOptions.max_text_bytes, the same default) judges each field. One flag sets both.
+    max_text_bytes: int = MAX_TEXT_BYTES
     dedupe_ttl_s: int = 86_400  # how long the record that a message was answered is kept
     sink_maxlen: int | None = None  # trim the sink stream to about this many entries; never trimmed if None
-    text_field: str = "text"
+    text_field: str | None = None  # the field holding a text model's text (None: the model's own field name)
     id_field: str = "id"
     report_every_s: float = 10.0  # a progress line on stderr this often (0: only at exit)
 
@@ -159,7 +162,7 @@ class StreamConfig:
             (self.report_every_s >= 0, f"--report-every-s must be >= 0, got {self.report_every_s}"),
             (bool(self.group.strip()), "--group must not be empty"),
             (bool(self.consumer.strip()), "--consumer must not be empty"),
-            (bool(self.text_field), "--text-field must not be empty"),
+            (self.text_field is None or bool(self.text_field), "--text-field must not be empty"),
             (bool(self.id_field), "--id-field must not be empty"),
         ]
         for ok, message in checks:

@@ -3,11 +3,18 @@
 A micro-batch closes when it holds ``--batch-size`` messages or ``--max-wait-ms``
 after its first message arrived. Each message becomes exactly one outcome:
 
-- a dead letter when it cannot be judged (missing field, invalid UTF-8, over
-  ``--max-text-bytes``), when the model rejects it, or when it has already been
+- a dead letter when it cannot be read (malformed JSON), when admission refuses
+  its row (missing field, invalid UTF-8, over ``--max-text-bytes``, blank, a
+  non-finite number: the reason every mode gives), when the model's output for
+  it is not finite, when the model rejects it, or when it has already been
   delivered more than ``--max-attempts`` times (its consumers kept dying or
   failing on it);
 - otherwise a verdict from the Predictor.
+
+The micro-batch goes through the path every mode shares
+(``Predictor.predict_values``): encoded once, cut into model calls by work, and
+a call that fails is split down to the message that makes it fail
+(``runtime/isolation.py``).
 
 Outcomes are written first and acked after, so a crash in between only causes
 a redelivery, which the sink recognises. A failure that is not the input's
@@ -28,11 +35,11 @@ from functools import partial
 from typing import TypeVar
 
 from joules.errors import BrokerUnavailableError, InputError
-from joules.meter import ZERO, Measurement
-from joules.runtime import Predictor
+from joules.meter import Cost
+from joules.runtime import Prediction, Predictor
 from joules.serve.stream.base import Sink, Source
 from joules.serve.stream.config import StreamConfig
-from joules.serve.stream.messages import DeadLetter, Message, Outcome, Verdict
+from joules.serve.stream.messages import Message, Outcome, dead_letter, verdict
 from joules.serve.stream.metrics import StreamMetrics
 
 log = logging.getLogger("joules.stream")
@@ -56,6 +63,12 @@ class StreamConsumer:
         self.sink = sink
         self.cfg = config
         self.metrics = metrics or StreamMetrics(model=predictor.ref, report_every_s=config.report_every_s)
+        # Message field -> the model's field it feeds (a text model's may be renamed with --text-field).
+        fields = predictor.fields
+        if config.text_field is not None and len(fields) == 1:
+            self._sources = {fields[0]: config.text_field}
+        else:
+            self._sources = {f: f for f in fields}
         self._stop = threading.Event()
         self._backoff = BACKOFF_S[0]
 
@@ -140,14 +153,14 @@ class StreamConsumer:
 
     def settle(self, batch: Sequence[Message]) -> None:
         """Judge ``batch``, write one outcome per message that has one, ack those; the rest retry later."""
-        outcomes, measurement, retry = self.judge(batch)
+        outcomes, cost, retry = self.judge(batch)
         if outcomes:
             written = self._until_done(lambda: self.sink.write(outcomes), f"{len(outcomes)} outcomes unwritten")
             if written is None:
                 return
             messages = [o.message for o in outcomes]
             self._until_done(lambda: self.source.ack(messages), f"{len(messages)} messages unacked")
-            self.metrics.record(outcomes, written, measurement)
+            self.metrics.record(outcomes, written, cost)
         if retry:
             by_error: dict[str, list[Message]] = defaultdict(list)
             for m, error in retry:
@@ -156,64 +169,47 @@ class StreamConsumer:
                 self._until_done(partial(self.source.retry_later, messages, error), "a failure unrecorded")
             self.metrics.record_retries(len(retry))
 
-    def judge(self, batch: Sequence[Message]) -> tuple[list[Outcome], Measurement, list[tuple[Message, str]]]:
-        """Outcomes in batch order, the model's measurement, and the messages to try again with their error."""
+    def judge(self, batch: Sequence[Message]) -> tuple[list[Outcome], Cost, list[tuple[Message, str]]]:
+        """Outcomes in batch order, what the model calls cost, and the messages to try again with their error."""
         outcomes: dict[int, Outcome] = {}
         todo: list[int] = []
+        values = []
         for i, m in enumerate(batch):
-            if m.problem is not None or m.text is None:
-                outcomes[i] = DeadLetter(m, m.problem or "no text")
+            if m.problem is not None:
+                outcomes[i] = dead_letter(m, m.problem)
             elif m.deliveries > self.cfg.max_attempts:
-                outcomes[i] = DeadLetter(m, self._gave_up(m))
+                outcomes[i] = dead_letter(m, self._gave_up(m))
             else:
+                try:
+                    values.append(self.predictor.admit({f: m.fields.get(src) for f, src in self._sources.items()}))
+                except InputError as e:
+                    outcomes[i] = dead_letter(m, str(e))
+                    continue
                 todo.append(i)
         retry: list[tuple[Message, str]] = []
-        measurement = ZERO
-        if todo:
-            verdicts, failures, measurement = self._predict(batch, todo)
-            outcomes.update(verdicts)
-            for i, error in failures.items():
-                m = batch[i]
-                if isinstance(error, InputError):
-                    outcomes[i] = DeadLetter(m, f"the model rejected the text: {error}")
-                elif m.deliveries >= self.cfg.max_attempts:
-                    outcomes[i] = DeadLetter(
-                        m, f"judging failed on attempt {m.deliveries} of {self.cfg.max_attempts}: {_describe(error)}"
+        cost = Cost()
+        results = self.predictor.predict_values(values) if values else []
+        for i, result in zip(todo, results, strict=True):
+            m = batch[i]
+            if isinstance(result, Prediction):
+                cost = cost + result.cost
+                if result.error is not None:
+                    outcomes[i] = dead_letter(m, result.error, result)
+                else:
+                    outcomes[i] = verdict(m, result, self.predictor.ref)
+            elif isinstance(result, InputError):
+                outcomes[i] = dead_letter(m, f"the model rejected the row: {result}")
+            else:
+                # Not the input's fault, as far as anyone can tell: logged with its traceback and
+                # tried again, up to --max-attempts; one message never takes the consumer down.
+                log.error("judging message %s failed: %s", m.source_id, _describe(result), exc_info=result)
+                if m.deliveries >= self.cfg.max_attempts:
+                    outcomes[i] = dead_letter(
+                        m, f"judging failed on attempt {m.deliveries} of {self.cfg.max_attempts}: {_describe(result)}"
                     )
                 else:
-                    retry.append((m, _describe(error)))
-        return [outcomes[i] for i in sorted(outcomes)], measurement, retry
-
-    def _predict(
-        self, batch: Sequence[Message], todo: list[int]
-    ) -> tuple[dict[int, Verdict], dict[int, Exception], Measurement]:
-        texts = [batch[i].text or "" for i in todo]
-        try:
-            result = self.predictor.predict_texts(texts)
-        # One message must never take the consumer down: whatever the runtime raises is caught,
-        # logged with its traceback and settled per message (dead letter or retry) by the caller.
-        except Exception as e:
-            if len(todo) == 1:
-                if not isinstance(e, InputError):
-                    log.exception("judging message %s failed", batch[todo[0]].source_id)
-                return {}, {todo[0]: e}, ZERO
-            log.warning("a batch of %d failed (%s); judging its messages one by one", len(todo), _describe(e))
-            verdicts: dict[int, Verdict] = {}
-            failures: dict[int, Exception] = {}
-            measurement = ZERO
-            for i in todo:
-                v, f, m = self._predict(batch, [i])
-                verdicts.update(v)
-                failures.update(f)
-                measurement = measurement + m
-            return verdicts, failures, measurement
-        probs = result.probabilities.tolist()
-        labels = result.labels_order
-        verdicts = {
-            i: Verdict(batch[i], label, action, dict(zip(labels, p, strict=True)), self.predictor.ref)
-            for i, label, action, p in zip(todo, result.labels, result.actions, probs, strict=True)
-        }
-        return verdicts, {}, result.measurement
+                    retry.append((m, _describe(result)))
+        return [outcomes[i] for i in sorted(outcomes)], cost, retry
 
     def _gave_up(self, m: Message) -> str:
         tried = m.deliveries - 1

@@ -1,4 +1,11 @@
-"""Messages read from a source and the two things a message can become: a verdict or a dead letter."""
+"""Messages read from a source, and what each becomes: an outcome holding its one result row.
+
+A source only decodes a message's envelope (JSON, Redis fields); whether its
+fields make an acceptable row is admission's to say (``runtime/admission.py``),
+with the reason every mode gives. An ``Outcome`` holds the message and its
+``Prediction``: a verdict when the row has a label, a dead letter (to
+``<source>:dead``, or a JSONL line with ``reason``) when it has an error.
+"""
 
 from __future__ import annotations
 
@@ -6,41 +13,47 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from joules.runtime.results import Prediction
+
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """One source entry, decoded and checked. ``problem`` set means it cannot be judged."""
+    """One source entry, decoded. ``problem`` set means it could not even be read as fields."""
 
     source_id: str  # the stream entry id, or the line number of a JSONL input
-    text: str | None
+    fields: Mapping[str, Any] = field(default_factory=dict)  # field name -> raw value (str, bytes, JSON)
     id: Any = None  # the message's own id field, when it has one
-    problem: str | None = None  # why it is a dead letter (missing field, invalid UTF-8, too long...)
+    problem: str | None = None  # why it is a dead letter before admission (malformed JSON, a bad id...)
     original: Mapping[Any, Any] = field(default_factory=dict)  # the fields as received, for a dead letter
     deliveries: int = 1  # how many times it has been handed to a consumer, this time included
     produced_ms: float | None = None  # when it entered the source (wall clock, ms), for end-to-end latency
     last_error: str | None = None  # why an earlier attempt failed, when known
 
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a message became: its result row, a verdict, or a dead letter when the row has an error."""
+
+    message: Message
+    result: Prediction
+    model: str = ""  # NAME:VERSION that judged it (empty for a message refused before the model)
+
     @property
-    def judgeable(self) -> bool:
-        return self.problem is None and self.text is not None
+    def dead(self) -> bool:
+        return self.result.error is not None
+
+    @property
+    def reason(self) -> str | None:
+        return self.result.error
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    message: Message
-    label: str
-    action: str | None
-    probabilities: Mapping[str, float]
-    model: str  # NAME:VERSION that judged it
+def verdict(message: Message, result: Prediction, model: str) -> Outcome:
+    return Outcome(message, result, model)
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    message: Message
-    reason: str
-
-
-Outcome = Verdict | DeadLetter
+def dead_letter(message: Message, reason: str, result: Prediction | None = None) -> Outcome:
+    """A dead letter; ``result`` keeps the cost of a row the model computed (its output not finite)."""
+    return Outcome(message, result if result is not None else Prediction.failed(reason))
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,38 +70,3 @@ def stream_id_ms(entry_id: str | bytes) -> float | None:
     text = entry_id.decode("ascii", "replace") if isinstance(entry_id, bytes) else entry_id
     ms = text.partition("-")[0]
     return float(ms) if ms.isdigit() else None
-
-
-def check_text(value: Any, field_name: str, max_bytes: int) -> tuple[str | None, str | None]:
-    """``(text, None)`` when ``value`` can be judged, else ``(None, reason)``.
-
-    Bytes are decoded as strict UTF-8; strings must encode back to UTF-8 (a JSON
-    ``\\udc80`` escape gives a lone surrogate, which is not text). The size limit
-    is on UTF-8 bytes, checked before decoding so a huge message costs nothing.
-    """
-    if value is None:
-        return None, f"missing field {field_name!r}"
-    if isinstance(value, bytes):
-        if len(value) > max_bytes:
-            return None, _too_long(field_name, len(value), max_bytes)
-        try:
-            text = value.decode("utf-8")
-        except UnicodeDecodeError as e:
-            return None, f"invalid UTF-8 in field {field_name!r} at byte {e.start}"
-    elif isinstance(value, str):
-        try:
-            size = len(value.encode("utf-8"))
-        except UnicodeEncodeError as e:
-            return None, f"invalid UTF-8 in field {field_name!r} (a lone surrogate at character {e.start})"
-        if size > max_bytes:
-            return None, _too_long(field_name, size, max_bytes)
-        text = value
-    else:
-        return None, f"field {field_name!r} must be a string, got {type(value).__name__}"
-    if not text.strip():
-        return None, f"empty field {field_name!r}"
-    return text, None
-
-
-def _too_long(field_name: str, size: int, max_bytes: int) -> str:
-    return f"field {field_name!r} is {size:,} bytes, over the limit of {max_bytes:,} (--max-text-bytes)"

@@ -1,11 +1,13 @@
-"""What a stream consumer reports: counts, throughput, end-to-end latency, lag, energy.
+"""What a stream consumer reports: counts, throughput, end-to-end latency, lag, energy and cost.
 
 End-to-end latency is produce to verdict: the time in the source entry's id
 (when XADD stored it) to the time in the verdict entry's id (when the verdict
 was stored). Both come from the Redis server's clock, so the consumer's clock
 does not enter the figure; with stdin, it is from reading the line to writing
 its verdict. The same numbers go to a log line every ``--report-every-s``, to
-the summary at exit and, with ``--metrics-port``, to Prometheus.
+the summary at exit and, with ``--metrics-port``, to Prometheus. The cost is
+the sum of the rows' shares the Predictor priced (the one pricing function of
+every mode); the summary's ``cost`` object has the shape batch's has.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from joules.meter import ZERO, Measurement
+from joules.meter import Cost, job_cost
 from joules.serve.stream.base import Backlog
-from joules.serve.stream.messages import Outcome, Verdict, Written
+from joules.serve.stream.messages import Outcome, Written
 
 LATENCY_WINDOW = 100_000  # the summary's percentiles are over the last this many verdicts
 # Seconds; from a fast micro-batch to a backlog drained over minutes.
@@ -55,7 +57,7 @@ class StreamMetrics:
         self.broker_errors = 0
         self.labels: dict[str, int] = {}
         self.actions: dict[str, int] = {}
-        self.measurement: Measurement = ZERO
+        self.cost = Cost()  # what the model calls cost, all rows
         self.backlog: Backlog | None = None
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._window = _Window(self.started)
@@ -63,18 +65,19 @@ class StreamMetrics:
 
     # -- recording -------------------------------------------------------------------------------
 
-    def record(self, outcomes: Sequence[Outcome], written: Sequence[Written], measurement: Measurement) -> None:
+    def record(self, outcomes: Sequence[Outcome], written: Sequence[Written], cost: Cost) -> None:
         self.batches += 1
-        self.measurement = self.measurement + measurement
+        self.cost = self.cost + cost
         for o, w in zip(outcomes, written, strict=True):
             if not w.new:
                 self.duplicates += 1
                 continue
-            if isinstance(o, Verdict):
+            if not o.dead:
                 self.verdicts += 1
-                self.labels[o.label] = self.labels.get(o.label, 0) + 1
-                if o.action is not None:
-                    self.actions[o.action] = self.actions.get(o.action, 0) + 1
+                label, action = o.result.label or "", o.result.action
+                self.labels[label] = self.labels.get(label, 0) + 1
+                if action is not None:
+                    self.actions[action] = self.actions.get(action, 0) + 1
                 if w.at_ms is not None and o.message.produced_ms is not None:
                     ms = max(0.0, w.at_ms - o.message.produced_ms)
                     self._latencies.append(ms)
@@ -86,13 +89,13 @@ class StreamMetrics:
             self._window.handled += 1
         if self._prom:
             p = self._prom
-            new_verdicts = sum(1 for o, w in zip(outcomes, written, strict=True) if w.new and isinstance(o, Verdict))
+            new_verdicts = sum(1 for o, w in zip(outcomes, written, strict=True) if w.new and not o.dead)
             p["messages"].labels("verdict").inc(new_verdicts)
             p["messages"].labels("dead_letter").inc(sum(1 for w in written if w.new) - new_verdicts)
             p["messages"].labels("duplicate").inc(sum(1 for w in written if not w.new))
             p["batches"].inc()
-            p["energy"].inc(measurement.energy_j)
-            p["cpu"].inc(measurement.cpu_s)
+            p["energy"].inc(cost.energy_j)
+            p["cpu"].inc(cost.cpu_s)
 
     def record_retries(self, n: int) -> None:
         self.retries += n
@@ -141,7 +144,7 @@ class StreamMetrics:
         seconds = self.clock() - self.started
         handled = self.verdicts + self.dead
         lat = percentiles(self._latencies)
-        m = self.measurement
+        m = self.cost
         return {
             "model": self.model,
             "verdicts": self.verdicts,
@@ -157,6 +160,7 @@ class StreamMetrics:
             "energy_j": round(m.energy_j, 3),
             "energy_j_per_1000": round(1000 * m.energy_j / self.verdicts, 3) if self.verdicts else 0.0,
             "cpu_s": round(m.cpu_s, 3),
+            "cost": job_cost(m, self.verdicts),
             "broker_errors": self.broker_errors,
             "lag": None if self.backlog is None else self.backlog.lag,
             "pending": None if self.backlog is None else self.backlog.pending,
@@ -180,7 +184,7 @@ class StreamMetrics:
             ),
             "lag": Gauge("joules_stream_lag", "Entries not yet delivered to the group", registry=reg),
             "pending": Gauge("joules_stream_pending", "Entries delivered and not acked, whole group", registry=reg),
-            "energy": Counter("joules_stream_energy_joules", "Modelled energy of model calls", registry=reg),
+            "energy": Counter("joules_stream_energy_joules", "Energy of model calls", registry=reg),
             "cpu": Counter("joules_stream_cpu_seconds", "CPU seconds of model calls", registry=reg),
             "broker_errors": Counter("joules_stream_broker_errors", "Lost broker connections", registry=reg),
         }

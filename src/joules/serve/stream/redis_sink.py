@@ -12,7 +12,7 @@ from typing import Any
 
 from joules.serve.stream.config import RedisEndpoint, StreamConfig
 from joules.serve.stream.dedupe import MAX_FIELDS_PER_ENTRY, Append, AppendOnce, dedupe_key
-from joules.serve.stream.messages import DeadLetter, Outcome, Verdict, Written, stream_id_ms
+from joules.serve.stream.messages import Outcome, Written, stream_id_ms
 from joules.serve.stream.redis_streams import broker_errors, check_stream_key
 
 DEAD_FIELDS = ("source_id", "reason", "deliveries", "group", "consumer")
@@ -48,7 +48,7 @@ class RedisStreamSink:
         results: list[Written | None] = [None] * len(outcomes)
         by_writer: dict[int, tuple[AppendOnce, list[int]]] = {}
         for i, o in enumerate(outcomes):
-            writer = self._sink_writer if isinstance(o, Verdict) else self._dead_writer
+            writer = self._dead_writer if o.dead else self._sink_writer
             by_writer.setdefault(id(writer), (writer, []))[1].append(i)
         for writer, idx in by_writer.values():
             with broker_errors(f"writing to {self.sink if writer is self._sink_writer else self.dead}"):
@@ -60,23 +60,25 @@ class RedisStreamSink:
     def _append(self, o: Outcome) -> Append:
         m = o.message
         key = dedupe_key(self.source.stream, self.cfg.group, m.source_id)
-        if isinstance(o, Verdict):
+        r = o.result
+        if not o.dead:
             fields: dict[str | bytes, Any] = {"source_id": m.source_id}
             if m.id is not None:
                 fields["id"] = m.id
-            fields["label"] = o.label
-            if o.action is not None:
-                fields["action"] = o.action
-            fields["probabilities"] = json.dumps({k: round(float(v), 6) for k, v in o.probabilities.items()})
+            fields["label"] = r.label or ""
+            if r.action is not None:
+                fields["action"] = r.action
+            probs = {k: round(float(v), 6) for k, v in (r.probabilities or {}).items()}
+            fields["probabilities"] = json.dumps(probs, allow_nan=False)
             fields["model"] = o.model
             return Append(stream=self.sink.stream, dedupe_key=key, fields=fields, maxlen=self.cfg.sink_maxlen)
         return Append(stream=self.dead.stream, dedupe_key=key, fields=self._dead_fields(o))
 
-    def _dead_fields(self, d: DeadLetter) -> dict[str | bytes, Any]:
+    def _dead_fields(self, d: Outcome) -> dict[str | bytes, Any]:
         m = d.message
         fields: dict[str | bytes, Any] = {
             "source_id": m.source_id,
-            "reason": d.reason,
+            "reason": d.reason or "",
             "deliveries": m.deliveries,
             "group": self.cfg.group,
             "consumer": self.cfg.consumer,

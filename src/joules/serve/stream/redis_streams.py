@@ -23,9 +23,10 @@ from contextlib import contextmanager
 from typing import Any
 
 from joules.errors import BrokerUnavailableError, StreamError, require
+from joules.runtime.reasons import invalid_utf8
 from joules.serve.stream.base import Backlog
 from joules.serve.stream.config import RedisEndpoint, StreamConfig
-from joules.serve.stream.messages import Message, check_text, stream_id_ms
+from joules.serve.stream.messages import Message, stream_id_ms
 
 log = logging.getLogger("joules.stream")
 
@@ -128,7 +129,6 @@ class RedisStreamSource:
         self.cfg = config
         self.stream = endpoint.stream
         self.description = f"{endpoint} (group {config.group!r}, consumer {config.consumer!r})"
-        self._text_field = config.text_field.encode()
         self._id_field = config.id_field.encode()
         self._history: str | None = "0"  # read our own pending entries first, from this id on
         self._claim_cursor = "0-0"
@@ -142,6 +142,7 @@ class RedisStreamSource:
         self._lease = threading.Thread(target=self._renew_leases, name="joules-stream-lease", daemon=True)
         self._prune = client.register_script(PRUNE_CONSUMERS_LUA)
         self._prune_due = 0.0
+        self._last_seen: str | None = None  # the latest entry id handed out: where a lost group restarts
 
     @property
     def exhausted(self) -> bool:
@@ -153,13 +154,14 @@ class RedisStreamSource:
         self._create_group()
         self._lease.start()
 
-    def _create_group(self) -> None:
+    def _create_group(self, start: str | None = None) -> None:
         import redis
 
+        start = start or self.cfg.start
         with broker_errors(f"creating group {self.cfg.group!r} on {self.endpoint}"):
             try:
-                self.client.xgroup_create(self.stream, self.cfg.group, id=self.cfg.start, mkstream=True)
-                log.info("created consumer group %r on %s from %s", self.cfg.group, self.endpoint, self.cfg.start)
+                self.client.xgroup_create(self.stream, self.cfg.group, id=start, mkstream=True)
+                log.info("created consumer group %r on %s from %s", self.cfg.group, self.endpoint, start)
             except redis.exceptions.ResponseError as e:
                 if "BUSYGROUP" not in str(e):
                     raise
@@ -178,16 +180,15 @@ class RedisStreamSource:
             try:
                 return self._fetch(max_count, block_ms)
             except redis.exceptions.ResponseError as e:
-                if "NOGROUP" not in str(e):
+                if not _gone(e):
                     raise
-                # The stream or the group is gone (deleted, or a restarted Redis without persistence).
-                log.warning(
-                    "consumer group %r on %s is gone; creating it again from %s",
-                    self.cfg.group,
-                    self.endpoint,
-                    self.cfg.start,
-                )
-        self._create_group()
+        # The stream or the group is gone (deleted, or a Redis restarted without persistence). Create it
+        # again after the last entry this consumer saw: entries of a stream created anew since then
+        # come after it (their ids are times); with the stream intact, what was judged is not read again.
+        start = self._last_seen or self.cfg.start
+        log.warning("consumer group %r on %s is gone; creating it again from %s", self.cfg.group, self.endpoint, start)
+        self._create_group(start)
+        self._claim_cursor = "0-0"
         return []
 
     def _fetch(self, max_count: int, block_ms: int) -> list[Message]:
@@ -287,24 +288,27 @@ class RedisStreamSource:
             out.append(self._decode(eid, fields, deliveries, last_error))
         with self._held_lock:
             self._held.update(eid for eid, _ in entries)
+        if entries:
+            last = max((eid.decode() for eid, _ in entries), key=_id_key)
+            if self._last_seen is None or _id_key(last) > _id_key(self._last_seen):
+                self._last_seen = last
         return out
 
     def _decode(self, eid: bytes, fields: dict[bytes, bytes], deliveries: int, last_error: str | None) -> Message:
         source_id = eid.decode()
-        text, problem = check_text(fields.get(self._text_field), self.cfg.text_field, self.cfg.max_text_bytes)
-        if problem and self._text_field not in fields:
-            names = sorted(k.decode("utf-8", "replace") for k in fields)
-            problem += f" (the message has {names[:20]}{'...' if len(names) > 20 else ''})"
+        problem = None
         msg_id: str | None = None
         raw_id = fields.get(self._id_field)
         if raw_id is not None:
             try:
                 msg_id = raw_id.decode("utf-8")
-            except UnicodeDecodeError as e:
-                problem = problem or f"invalid UTF-8 in field {self.cfg.id_field!r} at byte {e.start}"
+            except UnicodeDecodeError:
+                problem = invalid_utf8(self.cfg.id_field)
+        # Values stay bytes: admission decodes the ones the model needs (strict UTF-8, size first).
+        decoded = {k.decode("utf-8", "replace"): v for k, v in fields.items()}
         return Message(
             source_id=source_id,
-            text=None if problem else text,
+            fields=decoded,
             id=msg_id,
             problem=problem,
             original=fields,
@@ -374,8 +378,15 @@ class RedisStreamSource:
     # -- reporting -------------------------------------------------------------------------------
 
     def backlog(self) -> Backlog | None:
+        import redis
+
         with broker_errors(f"reading the backlog of {self.endpoint}"):
-            groups = self.client.xinfo_groups(self.stream)
+            try:
+                groups = self.client.xinfo_groups(self.stream)
+            except redis.exceptions.ResponseError as e:
+                if not _gone(e):
+                    raise
+                return None  # the stream is gone (a Redis restarted empty): the next read creates it again
         for g in groups:
             name = g.get("name")
             if (name.decode() if isinstance(name, bytes) else name) == self.cfg.group:
@@ -391,6 +402,17 @@ class RedisStreamSource:
         self._closing.set()
         if self._lease.is_alive():
             self._lease.join(timeout=5)
+
+
+def _gone(e: Exception) -> bool:
+    """Whether Redis refused a command because the stream or the group does not exist (any more)."""
+    message = str(e)
+    return "NOGROUP" in message or "no such key" in message.lower()
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _entries(reply: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:

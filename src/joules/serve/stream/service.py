@@ -104,8 +104,6 @@ def run_stream(
 ) -> StreamMetrics:
     """Consume until ``stop`` is set (or a signal comes, or stdin ends); the metrics of the run."""
     options = options or StreamOptions()
-    if not predictor.is_text:
-        raise ConfigError(f"joules stream judges text messages; model {predictor.ref} takes tensors")
     stop = stop or threading.Event()
     source, sink = open_endpoints(plan, config, stdin=stdin, stdout=stdout)
     metrics = StreamMetrics(model=predictor.ref, report_every_s=config.report_every_s)

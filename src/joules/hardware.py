@@ -1,6 +1,6 @@
 """What the machine draws: watts per busy hardware thread and static watts.
 
-Used only when no power counter can be read (see ``counters.py``). A busy
+Used only when no power counter can be read (see ``meter/counters.py``). A busy
 hardware thread is charged the CPU's thermal design power divided by its
 hardware threads: TDP is the power a package sustains with every thread busy,
 so TDP / threads is the marginal power of one busy thread. CPUs are matched by

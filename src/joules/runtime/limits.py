@@ -1,0 +1,27 @@
+"""The one default of each concept every mode shares, in one place.
+
+``RuntimeOptions``, the server's ``BatchingConfig``/``ServeConfig``, ``BatchConfig``
+and ``StreamConfig`` (and so the CLI flags that read them) take their defaults
+from here, so "rows per model call" means the same number in every mode.
+"""
+
+from __future__ import annotations
+
+# Rows per model call: a cap the planner (planning.py) cuts under. Past ~32 rows of short texts
+# a call's fixed overhead (about 33 token-rows on the MiniLM spam model) is already shared
+# thinly, about 1 token a row, and a larger cap only lets long rows pad more.
+MAX_CALL_ROWS = 32
+
+# Padded tokens per model call (rows x longest row, text models): bounds how long one call
+# holds the CPU, so a request never waits behind seconds of someone else's long rows. On CPU,
+# rows of 128 tokens gain nothing from calls of more than a few rows (docs/benchmarks.md);
+# 1024 allows 8 of them.
+MAX_CALL_TOKENS = 1024
+
+# Rows gathered before they are cut into model calls (the server's batch window, a stream
+# micro-batch): two calls' worth, so the planner has rows of similar length to group.
+WINDOW_ROWS = 2 * MAX_CALL_ROWS
+
+# Admission's bound on one text, in UTF-8 bytes, in every mode. Long texts are cut before
+# tokenizing (preprocess.py), so a 1 MiB text costs little; past the bound the row is refused.
+MAX_TEXT_BYTES = 1 << 20

@@ -1,0 +1,69 @@
+"""Defaults live in the configuration dataclasses: a command with no flags runs exactly them,
+and each concept has one default in every mode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from joules.cli.common import runtime_options
+from joules.cli.main import build_parser
+from joules.cli.predict import batch_config_from_args
+from joules.cli.serve import config_from_args as serve_config
+from joules.cli.stream import config_from_args as stream_config
+from joules.runtime.batching import BatchingConfig
+from joules.runtime.limits import MAX_CALL_ROWS, MAX_CALL_TOKENS, MAX_TEXT_BYTES, WINDOW_ROWS
+from joules.runtime.options import RuntimeOptions
+from joules.serve.batch.config import BatchConfig
+from joules.serve.online.config import ServeConfig
+from joules.serve.stream.config import StreamConfig
+
+
+def test_serve_with_no_flags_runs_exactly_serve_config() -> None:
+    args = build_parser().parse_args(["serve"])
+    assert serve_config(args) == ServeConfig()
+    assert serve_config(build_parser().parse_args(["serve", "--batch-window", "8"])).batching.window_rows == 8
+
+
+def test_batch_with_no_flags_runs_the_dataclass_defaults(tmp_path: Path) -> None:
+    args = build_parser().parse_args(["batch", "spam", str(tmp_path / "in.csv"), "-o", str(tmp_path / "out.csv")])
+    assert batch_config_from_args(args) == BatchConfig(input=tmp_path / "in.csv", output=tmp_path / "out.csv")
+    options = runtime_options(args, max_batch_size=args.batch_size, max_text_bytes=args.max_text_bytes)
+    assert options == RuntimeOptions()
+
+
+def test_stream_with_no_flags_runs_the_dataclass_defaults() -> None:
+    args = build_parser().parse_args(["stream", "spam", "--source", "-", "--consumer", "c"])
+    assert stream_config(args) == StreamConfig(group="spam", consumer="c")
+    options = runtime_options(args, max_batch_size=args.call_rows, max_text_bytes=args.max_text_bytes)
+    assert options == RuntimeOptions()
+
+
+def test_one_default_per_concept_in_every_mode() -> None:
+    rows = {
+        "RuntimeOptions": RuntimeOptions().max_batch_size,
+        "BatchingConfig (serve --max-batch-size)": BatchingConfig().max_batch_size,
+        "batch --batch-size": build_parser().parse_args(["batch", "m", "i.csv", "-o", "o.csv"]).batch_size,
+        "stream --call-rows": build_parser().parse_args(["stream", "m", "--source", "-"]).call_rows,
+    }
+    assert set(rows.values()) == {MAX_CALL_ROWS}, rows
+    assert RuntimeOptions().max_batch_tokens == BatchingConfig().max_batch_tokens == MAX_CALL_TOKENS
+    assert BatchingConfig().window_rows == StreamConfig(group="g", consumer="c").batch_size == WINDOW_ROWS
+    text = {
+        RuntimeOptions().max_text_bytes,
+        ServeConfig().max_text_bytes,
+        StreamConfig(group="g", consumer="c").max_text_bytes,
+        build_parser().parse_args(["batch", "m", "i.csv", "-o", "o.csv"]).max_text_bytes,
+    }
+    assert text == {MAX_TEXT_BYTES}
+
+
+def test_help_shows_the_dataclass_defaults() -> None:
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    text = " ".join(out.getvalue().split())
+    assert f"rows per model call (default {MAX_CALL_ROWS})" in text
+    assert f"(default {ServeConfig().timeout_ms})" in text
