@@ -9,6 +9,7 @@ from typing import Any
 
 from joules.bundle.generation import decoder_graph_io
 from joules.bundle.graph import read_graph
+from joules.bundle.inputs import ARRAY_KINDS, array_shape
 from joules.bundle.paths import external_data_locations, resolve_inside
 from joules.bundle.safety import scan_directory
 from joules.bundle.spec import SPEC_FILE, TOKENIZER_INPUTS, BundleSpec
@@ -70,7 +71,7 @@ class Bundle:
             resolve_inside(self.path, rel, what)
         if not self.model_path.is_file():
             raise BundleError(f"bundle {str(self.path)!r}: model file {spec.model!r} is missing")
-        if spec.preprocess.kind == "text" and not self.tokenizer_path.is_file():
+        if spec.preprocess.tokenized and not self.tokenizer_path.is_file():
             raise BundleError(f"bundle {str(self.path)!r}: tokenizer file {spec.preprocess.tokenizer!r} is missing")
         for role, rel in spec.files.items():
             if not (self.path / rel).is_file():
@@ -130,13 +131,35 @@ class Bundle:
                 f"bundle {str(self.path)!r}: postprocess.output {self.spec.postprocess.output!r} "
                 f"is not a graph output; outputs are {outputs}"
             )
-        if self.spec.preprocess.kind == "text":
+        if self.spec.preprocess.tokenized:
             unknown = [n for n in graph_inputs if n not in TOKENIZER_INPUTS]
             if unknown:
                 raise BundleError(
                     f"bundle {str(self.path)!r}: a text model's inputs must come from the tokenizer "
                     f"({list(TOKENIZER_INPUTS)}); {unknown} cannot be fed"
                 )
+        elif self.spec.preprocess.kind in ARRAY_KINDS:
+            self._check_array_input(model, graph_inputs)
+
+    def _check_array_input(self, model: Any, graph_inputs: list[str]) -> None:
+        """A tabular or image model has one graph input, the one ``preprocess.input`` names, of a fitting shape."""
+        pre = self.spec.preprocess
+        if graph_inputs != [pre.input]:
+            raise BundleError(
+                f"bundle {str(self.path)!r}: preprocess.input is {pre.input!r} but the graph takes {graph_inputs}; "
+                f"a {pre.kind} model has exactly one input and preprocess.input names it"
+            )
+        node = next(i for i in model.graph.input if i.name == pre.input)
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in node.type.tensor_type.shape.dim]
+        expected = array_shape(pre)
+        if len(dims) != len(expected) + 1 or any(
+            d is not None and d != e for d, e in zip(dims[1:], expected, strict=False)
+        ):
+            shown = ["N" if d is None else d for d in dims]
+            raise BundleError(
+                f"bundle {str(self.path)!r}: graph input {pre.input!r} has shape {shown}, but preprocess "
+                f"({pre.kind}) makes rows of shape [N, {', '.join(map(str, expected))}]"
+            )
 
     def files(self) -> list[Path]:
         """Every file of the bundle, relative to its directory, sorted."""

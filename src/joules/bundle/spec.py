@@ -15,6 +15,8 @@ from typing import Any
 import yaml
 
 from joules.bundle.generation import GenerationSpec
+from joules.bundle.inputs import KIND_SETTINGS, TOKENIZED_KINDS
+from joules.bundle.inputs import resolve as resolve_kind
 from joules.decide import RuleSet
 from joules.errors import BundleError
 
@@ -52,23 +54,65 @@ class TensorSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class Preprocess:
-    """``text``: tokenize a text field; ``tensors``: the request carries the model inputs."""
+    """How a request becomes the model's feeds: one input kind and its settings (see bundle/inputs.py).
+
+    ``text``: tokenize a text field; ``tensors``: the request carries the model inputs; ``email``: a raw
+    message read into one text, then tokenized; ``tabular``: named numeric features into one tensor;
+    ``image``: PNG/JPEG bytes decoded into one tensor. Settings of other kinds must stay unset (None).
+    """
 
     kind: str = "text"
+    # text and email: the tokenizer and its token limit.
     tokenizer: str = "tokenizer.json"
     max_length: int = DEFAULT_MAX_LENGTH
     text_field: str = "text"
     # Admission refuses NaN and infinities in numeric inputs (a model cannot rank them); a model
     # built to take them (missing values as NaN, say) says so here.
     allow_non_finite: bool = False
+    # tabular and image: the graph input they fill and its float dtype.
+    input: str | None = None
+    dtype: str | None = None
+    # tabular
+    features: list[str] | None = None
+    missing: str | None = None  # error | fill | nan
+    fill_value: float | None = None
+    # image
+    size: list[int] | None = None  # [height, width] (a number in YAML means square)
+    layout: str | None = None  # NCHW | NHWC
+    channels: int | None = None
+    mean: list[float] | None = None  # on pixels scaled to [0, 1], per channel
+    std: list[float] | None = None
+    max_pixels: int | None = None
+    resize: str | None = None  # crop | stretch
+    # email
+    reads: list[str] | None = None  # from, subject, body
+    parts: list[str] | None = None  # text/plain, text/html in order of preference
+    max_bytes: int | None = None
+    max_parts: int | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in ("text", "tensors"):
-            raise BundleError(f"preprocess.kind {self.kind!r} is not 'text' or 'tensors'")
+        given = {name: getattr(self, name) for name in KIND_SETTINGS}
+        for name, value in resolve_kind(self.kind, given).items():
+            object.__setattr__(self, name, value)
         if not isinstance(self.max_length, int) or not 1 <= self.max_length <= 8192:
             raise BundleError(f"preprocess.max_length must be a whole number in [1, 8192], got {self.max_length!r}")
         if not isinstance(self.allow_non_finite, bool):
             raise BundleError(f"preprocess.allow_non_finite must be true or false, got {self.allow_non_finite!r}")
+
+    @property
+    def tokenized(self) -> bool:
+        """The model reads token ids made by the bundle's tokenizer."""
+        return self.kind in TOKENIZED_KINDS
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings this kind uses (the others are None and left out of joules.yaml)."""
+        d = {k: v for k, v in asdict(self).items() if v is not None}
+        if not self.tokenized:
+            for k in ("tokenizer", "max_length", "text_field"):
+                d.pop(k, None)
+        if self.kind == "email":
+            d.pop("text_field", None)  # the request field of an e-mail model is "email"
+        return d
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,8 +168,11 @@ class BundleSpec:
             raise BundleError(
                 f"joules.yaml format {self.format!r} is not supported (this joules reads {FORMAT_VERSION})"
             )
-        if self.task is Task.TEXT_CLASSIFICATION and self.preprocess.kind != "text":
-            raise BundleError("a text-classification bundle needs preprocess.kind: text")
+        if self.task is Task.TEXT_CLASSIFICATION and not self.preprocess.tokenized:
+            raise BundleError(
+                f"a text-classification bundle needs a preprocess.kind that feeds its tokenizer "
+                f"({' or '.join(TOKENIZED_KINDS)}), got {self.preprocess.kind!r}"
+            )
         if self.task is Task.TEXT_GENERATION:
             if self.generation is None:
                 raise BundleError("a text-generation bundle needs a generation section (see docs/generate.md)")
@@ -148,6 +195,7 @@ class BundleSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["task"] = str(self.task)
+        d["preprocess"] = self.preprocess.to_dict()
         d["postprocess"]["activation"] = str(self.postprocess.activation)
         d["postprocess"]["labels"] = list(self.postprocess.labels)
         d["inputs"] = [{**asdict(i), "shape": list(i.shape)} for i in self.inputs]

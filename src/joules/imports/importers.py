@@ -21,6 +21,7 @@ import yaml
 
 from joules.bundle.bundle import Bundle, sha256_file
 from joules.bundle.graph import graph_inputs
+from joules.bundle.inputs import TOKENIZED_KINDS
 from joules.bundle.safety import check_safe, scan_directory
 from joules.bundle.spec import DEFAULT_MAX_LENGTH, SPEC_FILE, BundleSpec
 from joules.errors import BundleError
@@ -119,7 +120,7 @@ def _from_onnx(source: Path, spec_file: Path, workdir: Path, *, rules: dict[str,
             {"name": s.name, "dtype": s.dtype, "shape": list(s.shape)} for s in graph_inputs(out / "model.onnx")
         ]
     pre = data.get("preprocess") or {}
-    if pre.get("kind", "text") == "text":
+    if pre.get("kind", "text") in TOKENIZED_KINDS:
         tok = Path(pre.get("tokenizer", "tokenizer.json"))
         tok = tok if tok.is_absolute() else spec_file.parent / tok
         if not tok.is_file():

@@ -67,3 +67,44 @@ def export_onnx(model: Any, path: Path, feeds: dict[str, np.ndarray], *, opset: 
             f"ONNX export of {type(model).__name__} differs from PyTorch by {gap:.2e} (> {PARITY_TOLERANCE:g})"
         )
     return gap
+
+
+def export_tensor_model(
+    module: Any,
+    path: Path,
+    example: np.ndarray,
+    *,
+    input_name: str,
+    output_name: str = "logits",
+    opset: int = OPSET,
+) -> float:
+    """Write a one-input, one-output PyTorch module to ``path`` (batch axis dynamic); return the parity gap.
+
+    The gap is the largest |ONNX - torch| output on ``example``; over PARITY_TOLERANCE is a BundleError.
+    """
+    import onnxruntime as ort
+    import torch
+
+    module = module.eval()
+    x = torch.from_numpy(np.ascontiguousarray(example))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (x,),
+            str(path),
+            input_names=[input_name],
+            output_names=[output_name],
+            dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+            opset_version=opset,
+            dynamo=False,
+        )
+        expected = module(x).numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run([output_name], {input_name: example})[0]
+    gap = float(np.max(np.abs(got - expected)))
+    if gap > PARITY_TOLERANCE:
+        raise BundleError(
+            f"ONNX export of {type(module).__name__} differs from PyTorch by {gap:.2e} (> {PARITY_TOLERANCE:g})"
+        )
+    return gap
