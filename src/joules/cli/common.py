@@ -67,3 +67,32 @@ def read_rules_mapping(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise RuleError(f"{path}: a rule file is a mapping with 'rules' and 'default'")
     return data
+
+
+def add_parallel_options(p: argparse.ArgumentParser) -> None:
+    """``--tensor-parallel`` and ``--max-worker-memory``: how a generative model is split (serve/engines.py)."""
+    from joules.serve.engines import ParallelOptions
+
+    p.add_argument(
+        "--tensor-parallel",
+        type=int,
+        default=default(ParallelOptions, "tensor_parallel"),
+        metavar="N",
+        help="split a generative model's weights across N worker processes (default %(default)s: no split)",
+    )
+    p.add_argument(
+        "--max-worker-memory",
+        metavar="SIZE",
+        help="memory each tensor-parallel worker may hold, e.g. 2200M or 3G (default: no cap)",
+    )
+
+
+def parallel_options(args: argparse.Namespace) -> Any:
+    from joules.parallel.memory import parse_size
+    from joules.serve.engines import ParallelOptions
+
+    size = getattr(args, "max_worker_memory", None)
+    return ParallelOptions(
+        tensor_parallel=getattr(args, "tensor_parallel", 1),
+        max_worker_memory=parse_size(size) if size is not None else None,
+    )
