@@ -55,7 +55,7 @@ def external_data(model_file: Path, location: str) -> None:
     [
         ("model", "/etc/hostname", "absolute path"),
         ("model", "../outside/model.onnx", "leads outside the bundle"),
-        ("preprocess", {"kind": "tensors", "tokenizer": "/etc/passwd"}, "absolute path"),
+        ("preprocess", {"kind": "text", "tokenizer": "/etc/passwd"}, "absolute path"),
         ("files", {"dataset": "../../etc/passwd"}, "leads outside the bundle"),
         ("files", {"dataset": "~/notes.txt"}, "absolute path"),
     ],

@@ -107,6 +107,8 @@ class Preprocess:
     def to_dict(self) -> dict[str, Any]:
         """The settings this kind uses (the others are None and left out of joules.yaml)."""
         d = {k: v for k, v in asdict(self).items() if v is not None}
+        if not self.allow_non_finite:
+            d.pop("allow_non_finite")  # the default: joules.yaml files stay as they were written before
         if not self.tokenized:
             for k in ("tokenizer", "max_length", "text_field"):
                 d.pop(k, None)
