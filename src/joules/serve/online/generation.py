@@ -21,14 +21,15 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from joules.errors import EngineUnavailableError, InputError, OutputError, ParameterError
 from joules.meter import Cost
+from joules.serve.online.config import ServeConfig
 from joules.serve.online.edge import read_body
 from joules.serve.online.metrics import ModelState, ServerMetrics
 
@@ -41,11 +42,28 @@ if TYPE_CHECKING:
         GenerationStream,
         SamplingParams,
     )
-    from joules.serve.online.app import OnlineServer
 
 log = logging.getLogger(__name__)
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class OnlineServer(Protocol):
+    """What the generation routes need of the server (``app.OnlineServer``): its configuration, and the one
+    path every generation request takes (find the model, handle it, map errors, count the answer)."""
+
+    config: ServeConfig
+
+    async def generate(
+        self,
+        request: Request,
+        name: str,
+        version: str | None,
+        handle: Callable[[ServedGenerator], Awaitable[Response]],
+        on_error: Callable[[BaseException], Response],
+    ) -> Response: ...
+
+    def error_response(self, error: BaseException) -> Response: ...
 
 
 class ServedGenerator:

@@ -34,6 +34,7 @@ from joules.meter import Cost
 from joules.serve.online.errors import error_response
 from joules.serve.online.generation import (
     SSE_DONE,
+    OnlineServer,
     ServedGenerator,
     cost_dict,
     gather,
@@ -49,7 +50,6 @@ from joules.serve.online.generation import (
 
 if TYPE_CHECKING:
     from joules.runtime.generation import GenerationDelta, GenerationRequest, TokenLogprob
-    from joules.serve.online.app import OnlineServer
 
 MAX_COMPLETION_LOGPROBS = 5  # OpenAI's bound for /v1/completions' logprobs
 LOWEST_LOGPROB = -9999.0  # what a logprob of -inf is sent as (strict JSON; OpenAI sends -9999.0 too)
