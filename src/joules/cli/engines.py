@@ -14,6 +14,11 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-tokens", type=int, default=256, help="most tokens per completion (default %(default)s)")
     g.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default %(default)s)")
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default %(default)s)")
+    g.add_argument(
+        "--raw",
+        action="store_true",
+        help="send each prompt as plain text to complete (default: one user message through the chat template)",
+    )
     g.add_argument("--seed", type=int, help="with --temperature > 0: item i samples with seed S + i (reproducible)")
     g.add_argument(
         "--max-model-len",

@@ -150,6 +150,7 @@ def _generation_batch(args: argparse.Namespace, found: Any) -> int:
         temperature=args.temperature,
         top_p=args.top_p,
         seed=args.seed,
+        raw=args.raw,
         chunk_rows=args.chunk_rows,
         overwrite=args.overwrite,
         progress=not args.no_progress,

@@ -175,6 +175,7 @@ def _generation_stream(args: argparse.Namespace, found: Any, plan: Any, config: 
         temperature=args.temperature,
         top_p=args.top_p,
         seed=args.seed,
+        raw=args.raw,
         prompt_field=args.prompt_field,
     )
     engine = open_engine(args, found)

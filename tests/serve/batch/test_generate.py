@@ -57,18 +57,24 @@ def test_batch_chat_rows_errors_and_cost(home: Path, tmp_path: Path) -> None:
 
 
 def test_batch_chat_is_greedy_and_matches_the_engine_alone(home: Path, tmp_path: Path) -> None:
-    """Rows share the running batch; greedy output is each prompt's own (what `joules generate --raw` gives)."""
+    """Rows share the running batch; greedy output is each prompt's own (what `joules generate` gives: a
+    prompt is one user message through the chat template, or plain text with --raw)."""
     prompts = ["Once upon a time", "The capital of", "Héllo wörld", "def fibonacci(n):"]
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_jsonl(inp, [{"id": i, "prompt": p} for i, p in enumerate(prompts)])
     r = run_joules("batch", "chat", str(inp), "-o", str(out), "--max-tokens", "10", "--no-progress", home=home)
     assert r.returncode == 0, r.stderr
     rows = read_jsonl(out)
-    alone = run_joules(
-        "generate", "chat", prompts[2], "--raw", "--json", "--max-tokens", "10", "--temperature", "0", home=home
-    )
+    alone = run_joules("generate", "chat", prompts[2], "--json", "--max-tokens", "10", "--temperature", "0", home=home)
     assert alone.returncode == 0, alone.stderr
     assert rows[2]["text"] == json.loads(alone.stdout)["text"]
+    raw_out = tmp_path / "raw.jsonl"
+    r = run_joules("batch", "chat", str(inp), "-o", str(raw_out), "--max-tokens", "10", "--raw", home=home)
+    assert r.returncode == 0, r.stderr
+    raw_alone = run_joules(
+        "generate", "chat", prompts[2], "--raw", "--json", "--max-tokens", "10", "--temperature", "0", home=home
+    )
+    assert read_jsonl(raw_out)[2]["text"] == json.loads(raw_alone.stdout)["text"] != rows[2]["text"]
 
 
 def test_batch_chat_survives_kill_9_and_resumes_exactly_once(home: Path, tmp_path: Path) -> None:

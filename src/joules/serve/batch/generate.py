@@ -1,7 +1,8 @@
 """``joules batch`` over a text-generation model: one completion per input row, resumably.
 
-Each row has a ``prompt`` (plain text to complete) or ``messages`` (a chat, through the model's template;
-JSONL or Parquet), and an id. The job reads the input in chunks; each chunk goes to the engine at once
+Each row has a ``prompt`` or ``messages`` (a chat; JSONL or Parquet), and an id. A prompt is sent as
+``joules generate`` sends it: one user message through the model's chat template (``raw``: as plain text
+to complete, as ``joules generate --raw``). The job reads the input in chunks; each chunk goes to the engine at once
 (``Engine.generate_many``), so its rows share the running batch (continuous batching: a row that finishes
 leaves, the next joins). A chunk's results are appended in input order, made durable (fsync), and only then
 is a checkpoint recorded (``JobFiles``, as the classifier job does): after a SIGKILL at any moment, the
@@ -53,6 +54,7 @@ class GenerationBatchConfig:
     temperature: float = 0.0  # greedy by default: a batch's outputs are reproducible
     top_p: float = 1.0
     seed: int | None = None
+    raw: bool = False  # a prompt as plain text to complete; default: one user message through the chat template
     chunk_rows: int | None = None  # rows per checkpoint; None: twice the engine's running batch
     overwrite: bool = False
     progress: bool = True
@@ -67,7 +69,13 @@ class GenerationBatchConfig:
 
     def params(self) -> dict[str, Any]:
         """What decides the outputs: a resumed job must be run with the same."""
-        return {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
+        return {
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            "raw": self.raw,
+        }
 
 
 @dataclass
@@ -291,11 +299,14 @@ class GenerationBatchJob:
             top_p=cfg.top_p,
             seed=None if cfg.seed is None else cfg.seed + row.index,
         )
+        if messages is None:
+            if not isinstance(prompt, str):
+                raise InputError(f"{cfg.prompt_column!r} must be a string, got {type(prompt).__name__}")
+            if not cfg.raw and self.engine.chat_template is not None:
+                messages = [{"role": "user", "content": prompt}]  # as `joules generate` sends it
         if messages is not None:
             request = GenerationRequest(messages=messages, params=params)
         else:
-            if not isinstance(prompt, str):
-                raise InputError(f"{cfg.prompt_column!r} must be a string, got {type(prompt).__name__}")
             request = GenerationRequest(prompt=prompt, params=params)
         ids = self.engine.encode(request)
         limit = self.engine.config.max_model_len

@@ -3,7 +3,8 @@
 The consumer loop, its sources and sinks are the classifier's (``consumer.py``): a micro-batch is read,
 each message becomes exactly one outcome, outcomes are written before the messages are acked, so a crash
 in between only causes a redelivery, which the sink recognises. What changes is judging: each message's
-``prompt`` (text to complete) or ``messages`` (a chat; a JSON string in a Redis field) becomes a
+``prompt`` (one user message through the chat template, as ``joules generate`` sends it; ``--raw``: text
+to complete) or ``messages`` (a chat; a JSON string in a Redis field) becomes a
 ``GenerationRequest``, and the whole micro-batch goes to the engine at once (``Engine.generate_many``: its
 completions share the running batch). A completion is written as ``text``, ``finish_reason``,
 ``prompt_tokens``, ``completion_tokens`` and its cost (``energy_j``, ``usd``, ``co2_g``); a message with no
@@ -46,6 +47,7 @@ class GenerationSettings:
     seed: int | None = None
     prompt_field: str = "prompt"
     messages_field: str = "messages"
+    raw: bool = False  # a prompt as plain text to complete; default: one user message through the chat template
 
     def __post_init__(self) -> None:
         if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -93,11 +95,14 @@ class GenerationConsumer(StreamConsumer):
                 f"a message needs exactly one of {s.prompt_field!r} (text) or {s.messages_field!r} (a chat)"
             )
         params = SamplingParams(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed)
+        if messages is None:
+            if not isinstance(prompt, str) or any("\udc80" <= ch <= "\udcff" for ch in prompt):
+                raise InputError(f"{s.prompt_field!r} must be UTF-8 text")
+            if not s.raw and self.engine.chat_template is not None:
+                messages = [{"role": "user", "content": prompt}]  # as `joules generate` sends it
         if messages is not None:
             req = GenerationRequest(messages=messages, params=params)
         else:
-            if not isinstance(prompt, str) or any("\udc80" <= ch <= "\udcff" for ch in prompt):
-                raise InputError(f"{s.prompt_field!r} must be UTF-8 text")
             req = GenerationRequest(prompt=prompt, params=params)
         ids = self.engine.encode(req)
         limit = self.engine.config.max_model_len
