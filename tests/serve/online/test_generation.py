@@ -307,3 +307,27 @@ def test_a_full_queue_is_503_with_retry_after(slow_server: ServerProcess) -> Non
         assert err["code"] == "overloaded" and "retry" in err["message"]
         oip = httpx.post(s.url + "/v2/models/chat/generate", json={"text_input": "x"}, timeout=30)
         assert oip.status_code in (429, 503) and "error" in oip.json()
+
+
+def test_an_engine_that_cannot_run_makes_the_server_unready(tiny_llm_bundle: Path, tmp_path: Path) -> None:
+    """Readiness asks the engine: once it cannot run, ready is 503 and requests fail fast with 503."""
+    from starlette.testclient import TestClient
+
+    from joules.registry import Registry
+    from joules.serve.online import ServeConfig, create_app
+    from joules.settings import Settings
+
+    home = chat_home(tmp_path, tiny_llm_bundle)
+    app = create_app(ServeConfig(models=("chat",), max_num_seqs=2), Registry(Settings(home=home)))
+    with TestClient(app) as c:
+        for _ in range(600):
+            if c.get("/v2/health/ready").status_code == 200:
+                break
+            threading.Event().wait(0.05)  # polling the server's loading, bounded
+        assert c.get("/v2/models/chat/ready").json()["ready"] is True
+        app.state.server.repo.get("chat").engine.close()  # as a decoder failure or a dead rank leaves it
+        assert c.get("/v2/health/ready").status_code == 503
+        assert c.get("/v2/models/chat/ready").status_code == 503
+        r = c.post("/v1/chat/completions", json={"model": "chat", "messages": Q, "max_tokens": 2})
+        assert r.status_code == 503 and r.headers.get("Retry-After") and "shut down" in r.json()["error"]["message"]
+        assert c.post("/v2/models/chat/generate", json={"text_input": "x"}).status_code == 503
