@@ -48,6 +48,14 @@ class InputError(JoulesError):
     """A prediction request is malformed (wrong field, type or shape)."""
 
 
+class ParameterError(InputError):
+    """One request parameter has a value joules cannot use (or does not support); ``param`` names it."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 class OutputError(JoulesError):
     """A model's output cannot become a label or an action (it is not finite); the message names the row."""
 

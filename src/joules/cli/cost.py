@@ -35,7 +35,16 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
         help="project daily, monthly and yearly kWh, dollars and CO2 from measured per-prediction figures",
     )
     p.add_argument("ref", metavar="NAME[:VERSION]")
-    p.add_argument("--per-day", type=float, required=True, metavar="N", help="predictions per day")
+    p.add_argument(
+        "--per-day",
+        type=float,
+        metavar="N",
+        help="predictions per day (a text-generation model: completion tokens per day; optional, its cost is "
+        "also given per million tokens)",
+    )
+    p.add_argument(
+        "--max-tokens", type=int, default=64, help="text-generation models: tokens per completion (default 64)"
+    )
     p.add_argument(
         "--compare",
         default="all",
@@ -58,10 +67,16 @@ def cmd_cost(args: argparse.Namespace) -> int:
     from joules.registry import Registry
     from joules.settings import load_settings
 
-    if args.per_day < 0:
+    if args.per_day is not None and args.per_day < 0:
         raise BenchError(f"--per-day must be >= 0, got {args.per_day:g}")
     settings = load_settings(**pricing_overrides(args))
     registry = Registry(settings)
+    mv = registry.get(args.ref)
+    bundle = registry.load(f"{mv.name}:{mv.version}")
+    if bundle.spec.generation is not None:
+        return _token_cost(args, registry, mv, bundle)
+    if args.per_day is None:
+        raise BenchError("--per-day N is needed: how many predictions a day to project for")
     versions = choose_versions(registry, args.ref, args.compare)
     refs = [mv.ref for mv in versions]
     texts = sample_texts(refs[0], args.data, args.samples)
@@ -106,4 +121,49 @@ def cmd_cost(args: argparse.Namespace) -> int:
         f"prices: ${s['price_per_hour']:g}/h for {s['vcpus']} vCPU; grid {s['grid_g_per_kwh']:g} gCO2e/kWh "
         f"({s['region']}); {s['watts_per_core']:g} W per busy thread, {s['static_watts']:g} W static"
     )
+    return 0
+
+
+def _token_cost(args: argparse.Namespace, registry: Any, mv: Any, bundle: Any) -> int:
+    """A text-generation model: measured per million completion tokens, with its prompts in one running batch."""
+    from joules.bench.llm_costs import measure_tokens, prompts_from, token_report
+    from joules.runtime.generation import EngineConfig
+    from joules.runtime.options import RuntimeOptions
+    from joules.serve.engines import open_generation_engine
+
+    samples = min(args.samples, 64) if args.samples != 200 else 16  # 200 texts suit classifiers, not completions
+    prompts = prompts_from(args.data, samples)
+    spec = bundle.spec.generation
+    engine = open_generation_engine(
+        bundle,
+        EngineConfig(max_model_len=min(2048, spec.context_length), max_num_seqs=max(1, len(prompts))),
+        options=RuntimeOptions(intra_op_threads=args.threads, allow_spinning=True, spin_duration_us=100),
+        settings=registry.settings,
+        name=mv.name,
+        version=mv.version,
+    )
+    info(f"measuring {mv.ref} on {len(prompts)} prompts together x {args.rounds} rounds, {args.max_tokens} tokens each")
+    try:
+        best = measure_tokens(engine, prompts, max_tokens=args.max_tokens, rounds=args.rounds)
+    finally:
+        engine.close()
+    report = token_report(best, per_day=args.per_day, model=mv.ref, concurrency=len(prompts))
+    if args.json:
+        print_json(report)
+        return 0
+    m = report["per_million_completion_tokens"]
+    print(
+        f"{mv.ref}: {report['completion_tokens']:,} completion tokens at {report['completion_tokens_per_s']:.1f}/s "
+        f"({len(prompts)} completions at once); {report['method']}"
+    )
+    print_table(
+        [[f"{m['energy_j']:,.0f}", f"{m['kwh']:.4f}", f"{m['usd']:.4f}", f"{m['co2_g']:.1f}", f"{m['cpu_hours']:.3f}"]],
+        ["J/1M tok", "kWh/1M tok", "$/1M tok", "g CO2/1M tok", "CPU h/1M tok"],
+    )
+    if "per_day" in report:
+        d, y = report["per_day"], report["per_year"]
+        print(
+            f"{args.per_day:,.0f} completion tokens a day: {d['kwh']:.3f} kWh, ${d['usd']:.2f}, {d['co2_kg']:.3f} kg "
+            f"CO2 a day; {y['kwh']:.1f} kWh, ${y['usd']:.0f}, {y['co2_kg']:.1f} kg CO2 a year"
+        )
     return 0

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from joules.cli.common import add_predict_options, add_text_limit, default, runtime_options
+from joules.cli.engines import add_generation_options, generation_bundle, open_engine
 from joules.cli.output import info, print_json, print_table
 from joules.runtime.options import RuntimeOptions
 from joules.serve.batch.config import BatchConfig
@@ -20,7 +21,10 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     add_predict_options(p)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("batch", help="score a CSV, JSONL or Parquet file, resumably")
+    p = sub.add_parser(
+        "batch",
+        help="score a CSV, JSONL or Parquet file, resumably (a text-generation model: one completion per row)",
+    )
     p.add_argument("ref", metavar="NAME[:VERSION]")
     p.add_argument("input", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True)
@@ -46,6 +50,7 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     add_text_limit(p)
     add_predict_options(p)
+    add_generation_options(p)
     p.set_defaults(func=cmd_batch)
 
 
@@ -104,6 +109,9 @@ def batch_config_from_args(args: argparse.Namespace) -> BatchConfig:
 def cmd_batch(args: argparse.Namespace) -> int:
     from joules.serve.batch import run_batch
 
+    found = generation_bundle(args.ref)
+    if found is not None:
+        return _generation_batch(args, found)
     config = batch_config_from_args(args)
     predictor = _predictor(
         args, max_batch_size=args.batch_size, max_text_bytes=args.max_text_bytes, allow_spinning=True
@@ -123,6 +131,48 @@ def cmd_batch(args: argparse.Namespace) -> int:
         f"{summary['cost']['method']} energy {total['energy_j']:.1f} J, ${total['usd']:.6f}, "
         f"{total['co2_g']:.4f} g CO2 "
         f"({per['energy_j']:.2f} J, ${per['usd']:.6f}, {per['co2_g']:.4f} g CO2 per 1,000 predictions)"
+    )
+    print(f"output: {summary['output']}")
+    return 0
+
+
+def _generation_batch(args: argparse.Namespace, found: Any) -> int:
+    from joules.serve.batch.generate import GenerationBatchConfig, run_generation_batch
+
+    config = GenerationBatchConfig(
+        input=args.input,
+        output=args.output,
+        id_column=args.id_column,
+        prompt_column=args.text_column or "prompt",
+        input_format=args.input_format,
+        output_format=args.output_format,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        raw=args.raw,
+        chunk_rows=args.chunk_rows,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    engine = open_engine(args, found)
+    try:
+        summary = run_generation_batch(engine, config).to_dict()
+    finally:
+        engine.close()
+    if args.json:
+        print_json(summary)
+        return 0
+    info(
+        f"model {summary['model']}: {summary['rows']:,} rows, {summary['errors']:,} errors "
+        f"({summary['errors_file']}), {summary['processed']:,} completed by this run at "
+        f"{summary['completion_tokens_per_s']:,.1f} tokens/s"
+    )
+    total, per = summary["cost"]["total"], summary["cost"]["per_1m_completion_tokens"]
+    print(
+        f"{summary['cost']['method']} energy {total['energy_j']:.1f} J, ${total['usd']:.6f}, "
+        f"{total['co2_g']:.4f} g CO2 for {summary['completion_tokens']:,} completion tokens "
+        f"({per['energy_j']:.0f} J, ${per['usd']:.4f}, {per['co2_g']:.2f} g CO2 per million)"
     )
     print(f"output: {summary['output']}")
     return 0

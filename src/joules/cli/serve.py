@@ -7,7 +7,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from joules.cli.common import default
+from joules.cli.common import add_parallel_options, default, parallel_options
 from joules.cli.cost import add_pricing_options, pricing_overrides
 from joules.runtime.batching import BatchingConfig
 from joules.serve.online.config import ServeConfig
@@ -148,6 +148,26 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument("--providers", help="comma-separated ONNX Runtime execution providers (default: best available)")
     p.add_argument("--access-log", action="store_true", help="log every request")
+    gen = p.add_argument_group("generative models (text-generation bundles: /v1/chat/completions, docs/generate.md)")
+    gen.add_argument(
+        "--max-model-len",
+        type=int,
+        default=d("max_model_len"),
+        help="longest prompt + completion, tokens (the model's context if shorter; default %(default)s)",
+    )
+    gen.add_argument(
+        "--max-num-seqs",
+        type=int,
+        default=d("max_num_seqs"),
+        help="sequences decoded together by continuous batching (default %(default)s)",
+    )
+    gen.add_argument(
+        "--max-waiting-seqs",
+        type=int,
+        default=d("max_waiting_seqs"),
+        help="completions queued beyond the running ones: 503 + Retry-After past it (default %(default)s)",
+    )
+    add_parallel_options(p)
     # How each response's X-Joules-* cost is priced; flags win over JOULES_* variables and config.yaml.
     add_pricing_options(p)
     p.set_defaults(func=cmd_serve)
@@ -187,6 +207,10 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         body_timeout_s=args.body_timeout_s,
         keep_alive_s=args.keep_alive_s,
         model_control=args.model_control,
+        parallel=parallel_options(args),
+        max_model_len=args.max_model_len,
+        max_num_seqs=args.max_num_seqs,
+        max_waiting_seqs=args.max_waiting_seqs,
     )
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from joules.cli.common import add_predict_options, add_text_limit, default, runtime_options
+from joules.cli.engines import add_generation_options, generation_bundle, open_engine
 from joules.cli.output import info, print_json
 from joules.runtime.options import RuntimeOptions
 from joules.serve.stream.config import StreamConfig
@@ -94,6 +95,8 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON at exit (stderr with --source -)")
     add_predict_options(p)
+    add_generation_options(p)
+    p.add_argument("--prompt-field", default="prompt", help="a text-generation model's prompt field (default prompt)")
     p.set_defaults(func=cmd_stream)
 
     p = sub.add_parser("publish", help="push a CSV or JSONL file into a Redis stream, one entry per row")
@@ -136,9 +139,13 @@ def cmd_stream(args: argparse.Namespace) -> int:
     plan = plan_endpoints(args.source, args.sink)
     config = config_from_args(args)
     options = StreamOptions(metrics_port=args.metrics_port, metrics_host=args.metrics_host)
-    runtime = runtime_options(args, max_batch_size=args.call_rows, max_text_bytes=args.max_text_bytes)
-    predictor = load_predictor(args.ref, rules_file=args.rules, options=runtime)
-    metrics = run_stream(predictor, plan, config, options)
+    found = generation_bundle(args.ref)
+    if found is not None:
+        metrics = _generation_stream(args, found, plan, config, options)
+    else:
+        runtime = runtime_options(args, max_batch_size=args.call_rows, max_text_bytes=args.max_text_bytes)
+        predictor = load_predictor(args.ref, rules_file=args.rules, options=runtime)
+        metrics = run_stream(predictor, plan, config, options)
     summary = metrics.summary()
     if args.json:
         text = json.dumps(summary, indent=2)
@@ -158,6 +165,24 @@ def cmd_stream(args: argparse.Namespace) -> int:
         f"({summary['energy_j_per_1000']:.2f} J per 1,000 verdicts)"
     )
     return 0
+
+
+def _generation_stream(args: argparse.Namespace, found: Any, plan: Any, config: Any, options: Any) -> Any:
+    from joules.serve.stream.generation import GenerationSettings, run_generation_stream
+
+    settings = GenerationSettings(
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        raw=args.raw,
+        prompt_field=args.prompt_field,
+    )
+    engine = open_engine(args, found)
+    try:
+        return run_generation_stream(engine, settings, plan, config, options)
+    finally:
+        engine.close()
 
 
 def cmd_publish(args: argparse.Namespace) -> int:

@@ -309,6 +309,20 @@ class Engine:
             self._inbox.aborts.add(request_id)
             self._cond.notify()
 
+    @property
+    def healthy(self) -> bool:
+        """True while the engine can run requests (not closed, its decoder has not failed)."""
+        return not self._closed and self._broken is None and self._thread.is_alive()
+
+    @property
+    def unhealthy_reason(self) -> str | None:
+        """Why the engine cannot run requests, or None while it can."""
+        if self._broken is not None:
+            return f"the {self.name!r} engine cannot run: {self._broken}"
+        if self._closed or not self._thread.is_alive():
+            return f"the {self.name!r} engine is shut down"
+        return None
+
     def add_observer(self, observer: EngineObserver) -> None:
         self._observers.append(observer)
 

@@ -31,10 +31,11 @@ from joules import __version__
 from joules.errors import BatcherClosedError, OutputError, RepositoryControlError
 from joules.meter import CostModel
 from joules.registry import Registry
-from joules.serve.online import protocol_v1, protocol_v2
+from joules.serve.online import openai_api, protocol_v1, protocol_v2
 from joules.serve.online.config import ServeConfig
 from joules.serve.online.edge import EdgeMiddleware, read_body, unless_disconnected
 from joules.serve.online.errors import error_response, status_of
+from joules.serve.online.generation import ServedGenerator, generator_metadata, oip_generate
 from joules.serve.online.handler import Answer, Job
 from joules.serve.online.metrics import CONTENT_TYPE, ServerMetrics
 from joules.serve.online.openapi import DOCS_HTML, openapi_document
@@ -43,7 +44,7 @@ from joules.serve.online.schemas import RepositoryIndexRequest, RepositoryLoadRe
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ["binary_tensor_data", "classification", "model_repository"]
+EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "generate"]
 PLATFORM = "onnxruntime_onnx"
 
 
@@ -55,7 +56,11 @@ class OnlineServer:
         # The registry's settings: config.yaml < JOULES_* environment < `joules serve` flags.
         self.settings = registry.settings
         self.prices = CostModel.from_settings(self.settings)
-        self.metrics = ServerMetrics(max_batch_size=config.batching.max_batch_size, states=lambda: self.repo.states())
+        self.metrics = ServerMetrics(
+            max_batch_size=config.batching.max_batch_size,
+            states=lambda: self.repo.states(),
+            llm_states=lambda: self.repo.llm_states(),
+        )
         self.repo = ModelRepository(registry, config, self.metrics, self.prices)
         self.on_fatal = on_fatal
         self.stopping = False
@@ -91,9 +96,21 @@ class OnlineServer:
         url = f"http://{self.config.host}:{self.config.port}"
         models = self.repo.models()
         log.info("pricing: %s", _pricing(self.settings.pricing()))
-        if models:
-            log.info("energy: %s", models[0].predictor.meter.how)
+        classifiers = [m for m in models if isinstance(m, ServedModel)]
+        if classifiers:
+            log.info("energy: %s", classifiers[0].predictor.meter.how)
         for m in models:
+            if isinstance(m, ServedGenerator):
+                log.info(
+                    "ready: %s (text generation) at %s/v1/chat/completions, %s/v1/completions and "
+                    "%s/v2/models/%s/generate",
+                    m.ref,
+                    url,
+                    url,
+                    url,
+                    m.name,
+                )
+                continue
             kind = "text" if m.signature.is_text else "tensors"
             log.info(
                 "ready: %s (%s) at %s/v1/models/%s:predict and %s/v2/models/%s/infer",
@@ -120,7 +137,7 @@ class OnlineServer:
         labels = ("", "")
         self.metrics.inflight.inc()
         try:
-            served = self.repo.get(name, version)
+            served = self.repo.classifier(name, version)
             labels = (served.name, str(served.version))
             served.batcher.admit()  # refuse a full queue before reading the body: those bytes would be wasted
             body = await read_body(request, self.config.max_body_bytes)
@@ -144,7 +161,7 @@ class OnlineServer:
             if version is not None:
                 raise
             # Swapped out between lookup and queueing: the new version takes it.
-            return await self.repo.get(name, None).infer(job, deadline)
+            return await self.repo.classifier(name, None).infer(job, deadline)
 
     async def v2_infer(self, request: Request) -> Response:
         name, version = request.path_params["model"], request.path_params.get("version")
@@ -182,13 +199,57 @@ class OnlineServer:
 
         return await self.infer(request, request.path_params["model"], None, decode, encode)
 
+    async def generate(
+        self,
+        request: Request,
+        name: str,
+        version: str | None,
+        handle: Callable[[ServedGenerator], Awaitable[Response]],
+        on_error: Callable[[BaseException], Response],
+    ) -> Response:
+        """The one path of every generation route: find the model, run ``handle``, count the answer.
+
+        A streamed answer is counted when its response starts; its tokens and cost are counted as they come.
+        """
+        started = time.perf_counter()
+        labels = ("", "")
+        self.metrics.inflight.inc()
+        try:
+            served = self.repo.generator(name, version)
+            labels = (served.name, str(served.version))
+            response = await handle(served)
+        except Exception as e:
+            response = on_error(e)
+        finally:
+            self.metrics.inflight.dec()
+        self.metrics.requests.labels(*labels, str(response.status_code)).inc()
+        if labels[0]:
+            self.metrics.request_duration.labels(*labels).observe(time.perf_counter() - started)
+        return response
+
+    @staticmethod
+    def error_response(error: BaseException) -> Response:
+        return error_response(error)
+
+    async def v2_generate(self, request: Request) -> Response:
+        return await oip_generate(self, request, stream=False)
+
+    async def v2_generate_stream(self, request: Request) -> Response:
+        return await oip_generate(self, request, stream=True)
+
+    async def v1_chat_completions(self, request: Request) -> Response:
+        return await openai_api.chat_completions(self, request)
+
+    async def v1_completions(self, request: Request) -> Response:
+        return await openai_api.completions(self, request)
+
     # -- health and metadata ------------------------------------------------------------------------
 
     async def live(self, request: Request) -> Response:
         return JSONResponse({"live": True})
 
     async def ready(self, request: Request) -> Response:
-        ok = self.repo.ready and not self.stopping
+        ok = self.repo.ready and not self.stopping  # a generative model's engine that failed: not ready
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
     async def server_metadata(self, request: Request) -> Response:
@@ -196,6 +257,8 @@ class OnlineServer:
 
     async def model_metadata(self, request: Request) -> Response:
         m = self.repo.get(request.path_params["model"], request.path_params.get("version"))
+        if isinstance(m, ServedGenerator):
+            return JSONResponse(generator_metadata(m))
         sig = m.signature
         return JSONResponse(
             {
@@ -209,11 +272,12 @@ class OnlineServer:
 
     async def model_ready(self, request: Request) -> Response:
         m = self.repo.get(request.path_params["model"], request.path_params.get("version"))
-        return JSONResponse({"name": m.name, "ready": True})
+        ok = m.healthy and not self.stopping
+        return JSONResponse({"name": m.name, "ready": ok}, status_code=200 if ok else 503)
 
     async def model_config(self, request: Request) -> Response:
         """Triton's model configuration (tritonclient.get_model_config, perf_analyzer)."""
-        m = self.repo.get(request.path_params["model"], request.path_params.get("version"))
+        m = self.repo.classifier(request.path_params["model"], request.path_params.get("version"))
         b = self.config.batching
 
         def tensors(infos: Any) -> list[dict[str, Any]]:
@@ -244,16 +308,24 @@ class OnlineServer:
         )
 
     async def v1_models(self, request: Request) -> Response:
-        return JSONResponse({"models": [self._v1_status(m) for m in self.repo.models()]})
+        # OpenAI's list shape (object, data) beside the "models" key existing clients read.
+        statuses = [self._v1_status(m) for m in self.repo.models()]
+        return JSONResponse({"object": "list", "data": statuses, "models": statuses})
 
     async def v1_model(self, request: Request) -> Response:
         return JSONResponse(self._v1_status(self.repo.get(request.path_params["model"])))
 
-    def _v1_status(self, m: ServedModel) -> dict[str, Any]:
+    def _v1_status(self, m: ServedModel | ServedGenerator) -> dict[str, Any]:
+        # OpenAI's model object (id, object, created, owned_by) and joules' status in one.
+        head = {"id": m.name, "object": "model", "created": int(m.loaded_at), "owned_by": "joules"}
+        if isinstance(m, ServedGenerator):
+            return {**head, "name": m.name, "version": m.version, "ready": m.healthy, "task": m.kind}
         return {
+            **head,
             "name": m.name,
             "version": m.version,
             "ready": True,
+            "task": m.predictor.bundle.spec.task,
             "inputs": [t.metadata() for t in m.signature.inputs],
             "labels": list(m.labels),
         }
@@ -370,6 +442,10 @@ def create_app(
         Route("/v1/models/{model}:predict", s.v1_predict, methods=["POST"]),
         Route(m + "/infer", s.v2_infer, methods=["POST"]),
         Route(mv + "/infer", s.v2_infer, methods=["POST"]),
+        Route("/v1/chat/completions", s.v1_chat_completions, methods=["POST"]),
+        Route("/v1/completions", s.v1_completions, methods=["POST"]),
+        Route(m + "/generate", s.v2_generate, methods=["POST"]),
+        Route(m + "/generate_stream", s.v2_generate_stream, methods=["POST"]),
         Route("/", _guard(s.root), methods=["GET"], include_in_schema=False),
         Route("/v2/health/live", s.live, methods=["GET"]),
         Route("/v2/health/ready", s.ready, methods=["GET"]),

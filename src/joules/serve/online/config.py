@@ -15,6 +15,7 @@ from joules.errors import ConfigError
 from joules.runtime.batching import BatchingConfig
 from joules.runtime.limits import MAX_TEXT_BYTES
 from joules.runtime.options import RuntimeOptions
+from joules.serve.engines import ParallelOptions
 
 MIB = 1 << 20
 KIB = 1 << 10
@@ -77,6 +78,11 @@ class ServeConfig:
     providers: tuple[str, ...] | None = None
     access_log: bool = False
     max_text_bytes: int = MAX_TEXT_BYTES  # admission's bound on one text, as in every mode
+    # Generative models (text-generation bundles): their engine's limits and how they are split.
+    parallel: ParallelOptions = field(default_factory=ParallelOptions)
+    max_model_len: int = 2048  # longest prompt + completion (the model's context when that is shorter)
+    max_num_seqs: int = 64  # sequences decoded together (continuous batching)
+    max_waiting_seqs: int = 256  # completions queued beyond the running ones; past it, 503 + Retry-After
 
     def __post_init__(self) -> None:
         from joules.registry.names import validate_name  # the registry is loaded only when serving
@@ -111,6 +117,10 @@ class ServeConfig:
             raise ConfigError(f"spin_us must be in [0, 1000000] (0: never spin), got {self.spin_us}")
         if not isinstance(self.max_text_bytes, int) or self.max_text_bytes < 1:
             raise ConfigError(f"max_text_bytes must be a whole number >= 1, got {self.max_text_bytes!r}")
+        for name, low in (("max_model_len", 2), ("max_num_seqs", 1), ("max_waiting_seqs", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ConfigError(f"{name} must be a whole number >= {low}, got {v!r}")
         if self.rules_file is not None and not Path(self.rules_file).is_file():
             raise ConfigError(f"rule file {str(self.rules_file)!r} does not exist")
         if self.api_key_env is not None:
@@ -157,6 +167,15 @@ class ServeConfig:
             max_batch_tokens=self.batching.max_batch_tokens,
             max_text_bytes=self.max_text_bytes,
             warmup=True,
+        )
+
+    def generation_options(self) -> RuntimeOptions:
+        """How a generative model's decoder runs: one step is many small operators, so pool threads spin."""
+        return RuntimeOptions(
+            providers=self.providers,
+            intra_op_threads=self.threads,
+            allow_spinning=self.spin_us > 0,
+            spin_duration_us=self.spin_us or None,
         )
 
     def intra_op_threads(self) -> int:

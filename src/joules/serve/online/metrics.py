@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from joules.meter import CostModel, Measurement
@@ -25,6 +25,11 @@ from joules.meter.prometheus import CostCounters
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds, from a fast cached answer to a request that waited out a long deadline.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+# Time to first token (a prompt's prefill, queueing included) and between tokens (one decode step).
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 30)
+ITL_BUCKETS = (0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5)
 
 
 def batch_buckets(max_batch_size: int) -> tuple[float, ...]:
@@ -47,6 +52,48 @@ class ModelState:
     queue_depth: int
     running: int
     cache_entries: int | None
+
+
+@dataclass(frozen=True)
+class LlmState:
+    """What the generation gauges and token counters read from a served engine at scrape time."""
+
+    model: str
+    version: str
+    running: int
+    waiting: int
+    kv_cache_usage: float
+    prompt_tokens: int
+    completion_tokens: int
+    preemptions: int
+
+
+class _LlmCollector(Collector):
+    def __init__(self, states: Callable[[], Iterable[LlmState]]) -> None:
+        self._states = states
+
+    def collect(self) -> Iterator[Metric]:
+        mv = ["model", "version"]
+        running = GaugeMetricFamily("joules_llm_running_sequences", "Sequences in the running batch", labels=mv)
+        waiting = GaugeMetricFamily("joules_llm_waiting_sequences", "Sequences waiting for a slot", labels=mv)
+        kv = GaugeMetricFamily(
+            "joules_llm_kv_cache_usage_ratio", "KV cache tokens held / the KV cache budget", labels=mv
+        )
+        tokens = CounterMetricFamily("joules_llm_tokens", "Tokens put through the model, by kind", labels=[*mv, "kind"])
+        preempt = CounterMetricFamily(
+            "joules_llm_preemptions", "Sequences preempted (recomputed later) when the KV cache filled", labels=mv
+        )
+        for s in self._states():
+            running.add_metric([s.model, s.version], s.running)
+            waiting.add_metric([s.model, s.version], s.waiting)
+            kv.add_metric([s.model, s.version], s.kv_cache_usage)
+            tokens.add_metric([s.model, s.version, "prompt"], s.prompt_tokens)
+            tokens.add_metric([s.model, s.version, "completion"], s.completion_tokens)
+            preempt.add_metric([s.model, s.version], s.preemptions)
+        yield from (running, waiting, kv, tokens, preempt)
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
 
 
 class _StateCollector(Collector):
@@ -75,7 +122,13 @@ class _StateCollector(Collector):
 
 
 class ServerMetrics:
-    def __init__(self, *, max_batch_size: int, states: Callable[[], Iterable[ModelState]]) -> None:
+    def __init__(
+        self,
+        *,
+        max_batch_size: int,
+        states: Callable[[], Iterable[ModelState]],
+        llm_states: Callable[[], Iterable[LlmState]] = lambda: (),
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         mv = ["model", "version"]
@@ -117,7 +170,26 @@ class ServerMetrics:
         self.registry_poll_errors = Counter(
             "joules_registry_poll_errors", "Registry polls that failed (logged; the next poll tries again)", registry=r
         )
+        self.ttft = Histogram(
+            "joules_llm_time_to_first_token_seconds",
+            "Time from a completion's arrival to its first token",
+            mv,
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "joules_llm_inter_token_latency_seconds",
+            "Time between two tokens of one completion",
+            mv,
+            buckets=ITL_BUCKETS,
+            registry=r,
+        )
         r.register(_StateCollector(states))
+        r.register(_LlmCollector(llm_states))
+
+    def llm_observer(self, model: str, version: str) -> LlmObserver:
+        """An ``EngineObserver`` feeding this model's latency histograms."""
+        return LlmObserver(self.ttft.labels(model, version), self.itl.labels(model, version))
 
     # -- observers handed to the batcher and the runner -------------------------------------------
 
@@ -144,3 +216,17 @@ class ServerMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class LlmObserver:
+    """Receives the engine's latencies (from its thread: prometheus_client's histograms are thread-safe)."""
+
+    def __init__(self, ttft: Histogram, itl: Histogram) -> None:
+        self._ttft = ttft
+        self._itl = itl
+
+    def first_token(self, seconds: float) -> None:
+        self._ttft.observe(seconds)
+
+    def inter_token(self, seconds: float) -> None:
+        self._itl.observe(seconds)

@@ -102,12 +102,15 @@ def _op(
     tag: str,
     params: list[dict[str, Any]] | None = None,
     body: type[BaseModel] | None = None,
+    body_schema: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": {"200": ok, **_ERRORS}}
     if params:
         op["parameters"] = list(params)
     if body is not None:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body)}}}
+    elif body_schema is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body_schema}}}
     return op
 
 
@@ -115,6 +118,7 @@ def openapi_document(version: str, api_key: bool) -> dict[str, Any]:
     _, defs = models_json_schema([(m, "validation") for m in _MODELS], ref_template=_REF)
     simple_ok = {"description": "ok", "content": {"application/json": {"schema": {"type": "object"}}}}
     v2, v1, ops = "Open Inference Protocol V2", "simple API", "operations"
+    gen = "text generation"
     paths: dict[str, Any] = {
         "/v2/health/live": {"get": _op("the server is running", simple_ok, tag=v2)},
         "/v2/health/ready": {"get": _op("every served model is loaded (503 until then)", simple_ok, tag=v2)},
@@ -136,6 +140,41 @@ def openapi_document(version: str, api_key: bool) -> dict[str, Any]:
                 params=[_MODEL],
                 body=s.PredictRequest,
                 tag=v1,
+            )
+        },
+        # Text generation (docs/generate.md): OpenAI's shapes, and errors as {"error": {message, type, param, code}}.
+        "/v1/chat/completions": {
+            "post": _op(
+                "OpenAI chat completions of a text-generation model (stream: true for Server-Sent Events)",
+                _priced(simple_ok),
+                body_schema={"type": "object"},
+                tag=gen,
+            )
+        },
+        "/v1/completions": {
+            "post": _op(
+                "OpenAI completions of a text-generation model (stream: true for Server-Sent Events)",
+                _priced(simple_ok),
+                body_schema={"type": "object"},
+                tag=gen,
+            )
+        },
+        "/v2/models/{model}/generate": {
+            "post": _op(
+                "OIP generate extension: text_input and parameters in, text_output out",
+                _priced(simple_ok),
+                params=[_MODEL],
+                body_schema={"type": "object"},
+                tag=gen,
+            )
+        },
+        "/v2/models/{model}/generate_stream": {
+            "post": _op(
+                "OIP generate extension as Server-Sent Events",
+                simple_ok,
+                params=[_MODEL],
+                body_schema={"type": "object"},
+                tag=gen,
             )
         },
         "/metrics": {

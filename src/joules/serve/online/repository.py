@@ -19,8 +19,9 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 
+from joules.bundle import Bundle
 from joules.decide import RuleSet
-from joules.errors import JoulesError, ModelLoadError, ModelNotFoundError, ModelNotReadyError
+from joules.errors import InputError, JoulesError, ModelLoadError, ModelNotFoundError, ModelNotReadyError
 from joules.meter import Cost, CostModel, EnergyMeter
 from joules.registry import Registry, validate_name
 from joules.registry.names import parse_version
@@ -28,8 +29,9 @@ from joules.runtime import Predictor
 from joules.runtime.batching import DynamicBatcher
 from joules.serve.online.cache import ResponseCache, Row
 from joules.serve.online.config import ServeConfig
+from joules.serve.online.generation import ServedGenerator
 from joules.serve.online.handler import Answer, Job, ModelRunner
-from joules.serve.online.metrics import ModelState, ServerMetrics
+from joules.serve.online.metrics import LlmState, ModelState, ServerMetrics
 from joules.serve.online.signature import Signature
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,9 @@ class ModelStatus:
 
 class ServedModel:
     """One loaded model version: Predictor + DynamicBatcher (+ response cache)."""
+
+    kind = "classifier"
+    healthy = True
 
     def __init__(
         self, name: str, predictor: Predictor, config: ServeConfig, metrics: ServerMetrics, prices: CostModel
@@ -83,6 +88,13 @@ class ServedModel:
     def ref(self) -> str:
         return f"{self.name}:{self.version}"
 
+    def start(self) -> None:
+        self.batcher.start()
+
+    async def close(self, drain_s: float = 0.0) -> None:
+        """Drain the batcher (its queued and running requests finish) and close it."""
+        await self.batcher.close()
+
     async def infer(self, job: Job, deadline: float | None) -> Answer:
         if self.cache is None:
             return await self.batcher.submit(job, rows=job.rows, deadline=deadline)
@@ -112,13 +124,21 @@ class ServedModel:
         )
 
 
+Served = ServedModel | ServedGenerator
+
+# A retired generative version's streams may run for minutes: they get this long to finish.
+GENERATION_DRAIN_S = 600.0
+# The first completion that tells a generative model's load apart from a broken one (and warms it).
+WARMUP_TOKENS = 2
+
+
 class ModelRepository:
     def __init__(self, registry: Registry, config: ServeConfig, metrics: ServerMetrics, prices: CostModel) -> None:
         self.registry = registry
         self.config = config
         self.metrics = metrics
         self.prices = prices
-        self._models: dict[str, ServedModel] = {}
+        self._models: dict[str, Served] = {}
         self._status: dict[str, ModelStatus] = {}
         self._watch: set[str] = set(config.models)
         self._discover = not config.models  # serve every production model, including new ones
@@ -130,7 +150,28 @@ class ModelRepository:
 
     # -- lookups (event loop, no awaits) ----------------------------------------------------------
 
-    def get(self, name: str, version: str | None = None) -> ServedModel:
+    def classifier(self, name: str, version: str | None = None) -> ServedModel:
+        """The served model for :predict and /infer: a text-generation model there is a 400."""
+        model = self.get(name, version)
+        if not isinstance(model, ServedModel):
+            raise InputError(
+                f"model {name!r} generates text: use POST /v1/chat/completions, /v1/completions or "
+                f"/v2/models/{name}/generate, not :predict or /infer"
+            )
+        return model
+
+    def generator(self, name: str, version: str | None = None) -> ServedGenerator:
+        """The served text-generation model ``name``: a classifier there is a 400."""
+        model = self.get(name, version)
+        if not isinstance(model, ServedGenerator):
+            raise InputError(
+                f"model {name!r} is a {model.predictor.bundle.spec.task} model, not a text-generation one: "
+                f"use POST /v1/models/{name}:predict or /v2/models/{name}/infer"
+            )
+        model.check_healthy()
+        return model
+
+    def get(self, name: str, version: str | None = None) -> Served:
         """The served model ``name`` (and ``version``, when given), or a 400/404/503 error."""
         model = self._models.get(name)
         if model is None:
@@ -148,11 +189,30 @@ class ModelRepository:
             )
         return model
 
-    def models(self) -> list[ServedModel]:
+    def models(self) -> list[Served]:
         return [self._models[n] for n in sorted(self._models)]
 
     def states(self) -> list[ModelState]:
         return [m.state() for m in self.models()]
+
+    def llm_states(self) -> list[LlmState]:
+        out = []
+        for m in self.models():
+            if isinstance(m, ServedGenerator):
+                s = m.stats()
+                out.append(
+                    LlmState(
+                        m.name,
+                        str(m.version),
+                        s.running,
+                        s.waiting,
+                        s.kv_cache_usage,
+                        s.prompt_tokens,
+                        s.completion_tokens,
+                        s.preemptions,
+                    )
+                )
+        return out
 
     def index(self) -> list[dict[str, str | None]]:
         out = []
@@ -174,7 +234,11 @@ class ModelRepository:
     def ready(self) -> bool:
         """Started, and every model this server is meant to serve is loaded (one unloaded through the
         repository API counts as not loaded until it is loaded again)."""
-        return self.started and all(n in self._models for n in self._watch | self._unloaded)
+        return (
+            self.started
+            and all(n in self._models for n in self._watch | self._unloaded)
+            and all(m.healthy for m in self._models.values())
+        )
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -198,9 +262,9 @@ class ModelRepository:
             await asyncio.gather(self._poller, return_exceptions=True)
         models = list(self._models.values())
         self._models.clear()
-        await asyncio.gather(*(m.batcher.close() for m in models), *self._closing)
+        await asyncio.gather(*(m.close() for m in models), *self._closing)
 
-    async def load(self, name: str) -> ServedModel:
+    async def load(self, name: str) -> Served:
         """Serve ``name``'s production version (the repository extension's explicit load)."""
         validate_name(name)
         model = await self._ensure(name, strict=True)
@@ -219,14 +283,14 @@ class ModelRepository:
             self._status[name] = ModelStatus(State.UNLOADED, reason="unloaded through the repository API")
         if model is not None:
             log.info("unloading %s", model.ref)
-            await model.batcher.close()
+            await model.close()
 
     # -- loading and swapping ---------------------------------------------------------------------
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
 
-    async def _ensure(self, name: str, *, strict: bool = False) -> ServedModel | None:
+    async def _ensure(self, name: str, *, strict: bool = False) -> Served | None:
         """Make the served version of ``name`` its production version; ``strict`` raises on failure."""
         async with self._lock(name):
             current = self._models.get(name)
@@ -268,10 +332,10 @@ class ModelRepository:
                     raise ModelLoadError(f"{name}:{version} could not be loaded: {reason}") from e
                 return current
             if not strict and name not in self._watch:  # unloaded while loading
-                await model.batcher.close()
+                await model.close()
                 return current
             self._watch.add(name)
-            model.batcher.start()
+            model.start()
             self._models[name] = model  # the switch: new requests go to the new version from here on
             self._status[name] = ModelStatus(State.READY, version)
             self.metrics.model_loads.labels(name, "loaded").inc()
@@ -280,16 +344,18 @@ class ModelRepository:
                 self._retire(current)
             return model
 
-    def _retire(self, old: ServedModel) -> None:
+    def _retire(self, old: Served) -> None:
         """Drain the old version in the background: its queued and running requests finish there."""
-        task = asyncio.get_running_loop().create_task(old.batcher.close(), name=f"retire-{old.ref}")
+        task = asyncio.get_running_loop().create_task(old.close(GENERATION_DRAIN_S), name=f"retire-{old.ref}")
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    def _build(self, name: str, version: int) -> ServedModel:
+    def _build(self, name: str, version: int) -> Served:
         """On a worker thread: verify, load and warm a version (the old one keeps serving)."""
         cfg = self.config
         bundle = self.registry.load(f"{name}:{version}")
+        if bundle.spec.generation is not None:
+            return self._build_generator(name, version, bundle)
         rules = RuleSet.from_file(cfg.rules_file, bundle.spec.labels) if cfg.rules_file else None
         predictor = Predictor(
             bundle,
@@ -322,3 +388,41 @@ class ModelRepository:
                     log.warning("registry poll failed: %s", e)
                 else:
                     log.error("registry poll failed; polling goes on", exc_info=e)
+
+    def _build_generator(self, name: str, version: int, bundle: Bundle) -> ServedGenerator:
+        """A text-generation version: its engine through the one seam every mode shares, warmed by a
+        two-token completion (a model that cannot generate fails its load here, not on a client)."""
+        from joules.runtime.generation import EngineConfig, GenerationRequest, SamplingParams
+        from joules.serve.engines import open_generation_engine
+
+        cfg = self.config
+        spec = bundle.spec.generation
+        assert spec is not None  # checked by the caller
+        config = EngineConfig(
+            max_model_len=min(cfg.max_model_len, spec.context_length),
+            max_num_seqs=cfg.max_num_seqs,
+            max_waiting=cfg.max_waiting_seqs,
+        )
+        engine = open_generation_engine(
+            bundle,
+            config,
+            parallel=cfg.parallel,
+            options=cfg.generation_options(),
+            settings=self.registry.settings,
+            name=name,
+            version=version,
+        )
+        try:
+            first = spec.bos_token_id if spec.bos_token_id is not None else 0
+            warm = engine.generate(
+                GenerationRequest(
+                    prompt_token_ids=[first],
+                    params=SamplingParams(max_tokens=WARMUP_TOKENS, temperature=0.0, ignore_eos=True),
+                )
+            )
+            if warm.finish_reason == "error":
+                raise ModelLoadError(f"{name}:{version} could not generate: {warm.error}")
+        except BaseException:
+            engine.close()
+            raise
+        return ServedGenerator(name, version, engine, self.metrics)

@@ -155,7 +155,10 @@ class JsonlSink:
         if m.id is not None:
             rec["id"] = m.id
         r = o.result
-        if not o.dead:
+        if not o.dead and o.completion is not None:
+            rec.update(o.completion)
+            rec["model"] = o.model
+        elif not o.dead:
             rec["label"] = r.label
             rec["action"] = r.action
             rec["probabilities"] = {k: round(float(v), 6) for k, v in (r.probabilities or {}).items()}

@@ -37,6 +37,9 @@ class Outcome:
     message: Message
     result: Prediction
     model: str = ""  # NAME:VERSION that judged it (empty for a message refused before the model)
+    # A text-generation model's completion (text, finish_reason, token counts, cost): written instead of
+    # label, action and probabilities (serve/stream/generation.py).
+    completion: Mapping[str, Any] | None = None
 
     @property
     def dead(self) -> bool:
@@ -47,8 +50,8 @@ class Outcome:
         return self.result.error
 
 
-def verdict(message: Message, result: Prediction, model: str) -> Outcome:
-    return Outcome(message, result, model)
+def verdict(message: Message, result: Prediction, model: str, completion: Mapping[str, Any] | None = None) -> Outcome:
+    return Outcome(message, result, model, completion)
 
 
 def dead_letter(message: Message, reason: str, result: Prediction | None = None) -> Outcome:

@@ -61,6 +61,12 @@ class RedisStreamSink:
         m = o.message
         key = dedupe_key(self.source.stream, self.cfg.group, m.source_id)
         r = o.result
+        if not o.dead and o.completion is not None:
+            out: dict[str | bytes, Any] = {"source_id": m.source_id, **({"id": m.id} if m.id is not None else {})}
+            for k, v in o.completion.items():
+                out[k] = v if isinstance(v, (str, int, float)) else json.dumps(v, allow_nan=False)
+            out["model"] = o.model
+            return Append(stream=self.sink.stream, dedupe_key=key, fields=out, maxlen=self.cfg.sink_maxlen)
         if not o.dead:
             fields: dict[str | bytes, Any] = {"source_id": m.source_id}
             if m.id is not None:
