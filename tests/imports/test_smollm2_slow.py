@@ -23,7 +23,8 @@ def test_smollm2_import_and_generate(tmp_path: Path) -> None:
     run_joules("import", str(smollm2_gguf()), "--name", "chat", "--promote", home=home, timeout=1800, check=True)
     shown = json.loads(run_joules("models", "show", "chat", "--json", home=home, check=True).stdout)
     parity = shown["lineage"][-1]["parity"]
-    assert parity["max_abs_logit_gap"] < 1e-3 and parity["greedy_identical"]
+    assert parity["max_abs_logit_gap"] < 1e-3
+    assert parity["greedy_identical"] or abs(parity["greedy_tie_margin"]) <= 1e-3  # parted only at a tie
     question = "What is the capital of France? Answer in one sentence."
     out = run_joules("generate", "chat", question, "--max-tokens", "24", "--temperature", "0", home=home, check=True)
     assert "Paris" in out.stdout

@@ -277,16 +277,27 @@ def check_parity(model: Any, onnx_path: Path, spec: GenerationSpec, tokenizer: A
                 0
             ]
         torch_tokens = _torch_greedy(model, ids, GREEDY_TOKENS)
+        agree = next(
+            (i for i, (a, b) in enumerate(zip(onnx_tokens, torch_tokens, strict=True)) if a != b), GREEDY_TOKENS
+        )
+        # Where the two part, PyTorch's own logits over the common prefix say whether its top two tokens tie
+        # within the logit tolerance: then either choice is right and the thread count picked one (a sum's
+        # order differs), not a difference of the graph.
+        tie_margin = None
+        if agree < GREEDY_TOKENS:
+            ref = torch_logits(ids + onnx_tokens[:agree])[-1]
+            tie_margin = float(ref[torch_tokens[agree]] - ref[onnx_tokens[agree]])
     finally:
         decoder.close()
     worst = max(gaps.values())
-    agree = next((i for i, (a, b) in enumerate(zip(onnx_tokens, torch_tokens, strict=True)) if a != b), GREEDY_TOKENS)
     result = {
         "max_abs_logit_gap": worst,
         "gaps": gaps,
         "tolerance": PARITY_TOLERANCE,
         "greedy_tokens": GREEDY_TOKENS,
         "greedy_identical": agree == GREEDY_TOKENS,
+        "greedy_agree_tokens": agree,
+        "greedy_tie_margin": tie_margin,
         "reference": "transformers (PyTorch, float32, eager attention)",
     }
     if not np.isfinite(worst) or worst > PARITY_TOLERANCE:
@@ -294,9 +305,10 @@ def check_parity(model: Any, onnx_path: Path, spec: GenerationSpec, tokenizer: A
             f"the ONNX decoder differs from PyTorch by {worst:.2e} in logits (> {PARITY_TOLERANCE:g}; {gaps}); "
             "this model's architecture is not one joules' graph reproduces"
         )
-    if agree != GREEDY_TOKENS:
+    if tie_margin is not None and abs(tie_margin) > PARITY_TOLERANCE:
         raise BundleError(
-            f"the ONNX decoder's greedy continuation leaves PyTorch's at token {agree} of {GREEDY_TOKENS}"
+            f"the ONNX decoder's greedy continuation leaves PyTorch's at token {agree} of {GREEDY_TOKENS}, where "
+            f"PyTorch prefers its token by {tie_margin:.2e} in logits (more than a tie within {PARITY_TOLERANCE:g})"
         )
     return result
 
