@@ -71,19 +71,19 @@ def read_rules_mapping(path: Path) -> dict[str, Any]:
 
 def add_parallel_options(p: argparse.ArgumentParser) -> None:
     """``--tensor-parallel`` and ``--max-worker-memory``: how a generative model is split (serve/engines.py)."""
-    from joules.serve.engines import ParallelOptions
-
     p.add_argument(
         "--tensor-parallel",
         type=int,
-        default=default(ParallelOptions, "tensor_parallel"),
         metavar="N",
-        help="split a generative model's weights across N worker processes (default %(default)s: no split)",
+        help="run a generative model's decoder in N worker processes, each holding 1/N of its weights "
+        "(the torch path; 1: unsplit in one worker). Default: ONNX Runtime in this process, or one worker for "
+        "a weights-only model",
     )
     p.add_argument(
         "--max-worker-memory",
         metavar="SIZE",
-        help="memory each tensor-parallel worker may hold, e.g. 2200M or 3G (default: no cap)",
+        help="memory each tensor-parallel worker may hold, e.g. 2200M or 3G (powers of 1024), enforced by the "
+        "operating system; a model that does not fit is refused with the N that would (default: no cap)",
     )
 
 
@@ -92,7 +92,9 @@ def parallel_options(args: argparse.Namespace) -> Any:
     from joules.serve.engines import ParallelOptions
 
     size = getattr(args, "max_worker_memory", None)
+    engine = getattr(args, "engine", None)
     return ParallelOptions(
-        tensor_parallel=getattr(args, "tensor_parallel", 1),
+        tensor_parallel=getattr(args, "tensor_parallel", None),
         max_worker_memory=parse_size(size) if size is not None else None,
+        engine=engine if isinstance(engine, str) else "local",
     )

@@ -147,6 +147,7 @@ class Engine:
         self._observers: list[EngineObserver] = []
         self._closed = False
         self._broken: str | None = None
+        self._stopping = False  # restart(): the loop ends without closing the engine
         self._thread = threading.Thread(target=self._loop, name=f"joules-engine-{name}", daemon=True)
         self._thread.start()
 
@@ -223,8 +224,9 @@ class Engine:
         with self._cond:
             if self._closed:
                 raise EngineUnavailableError(f"the {self.name!r} engine is shut down")
-            if self._broken is not None:
-                raise EngineUnavailableError(f"the {self.name!r} engine cannot run: {self._broken}")
+            failure = self.failure
+            if failure is not None:
+                raise EngineUnavailableError(f"the {self.name!r} engine cannot run: {failure}")
             if self._counters.waiting + len(self._inbox.new) >= self.config.max_waiting + self._free_capacity():
                 raise QueueFullError(
                     f"{self.name!r} has {self.config.max_waiting} requests waiting; retry in "
@@ -329,6 +331,62 @@ class Engine:
             steps=c.steps,
         )
 
+    # -- health ---------------------------------------------------------------------------------------
+
+    @property
+    def failure(self) -> str | None:
+        """Why the engine cannot run now (its decoder failed, a rank died, it is restarting), or None."""
+        if self._closed:
+            return "the engine is shut down"
+        if self._broken is not None:
+            return self._broken
+        if not getattr(self.decoder, "healthy", True):  # a rank that died while the engine was idle
+            return getattr(self.decoder, "failure", None) or "the decoder stopped"
+        return None
+
+    @property
+    def healthy(self) -> bool:
+        """Whether a request would be served now: readiness follows this (False: every request gets 503)."""
+        return self.failure is None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def restartable(self) -> bool:
+        return callable(getattr(self.decoder, "restart", None))
+
+    def restart(self, reason: str = "the engine is restarting") -> None:
+        """Stop the loop, end every request with an error, restart the decoder and run again.
+
+        For decoders that can start over (a tensor-parallel group: ``joules.parallel.supervisor`` calls this
+        when a rank died). Raises EngineUnavailableError if the decoder cannot restart (the engine stays
+        unhealthy) or the engine is closed.
+        """
+        restart = getattr(self.decoder, "restart", None)
+        if not callable(restart):
+            raise EngineUnavailableError(f"the {self.name!r} engine's decoder cannot be restarted")
+        with self._cond:
+            if self._closed:
+                raise EngineUnavailableError(f"the {self.name!r} engine is shut down")
+            self._broken = self._broken or reason
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join()  # it ends every request it held with the error above
+        self._fail_all(self._broken)
+        restart()  # raises if the group cannot start: _broken stays set
+        with self._cond:
+            if self._closed:  # closed while the decoder restarted: stop what the restart started
+                self.decoder.close()
+                return
+            self._scheduler = Scheduler(self.config, self.decoder, self.kv_cache_tokens)
+            self._counters.running = self._counters.waiting = self._counters.kv_used = 0
+            self._stopping = False
+            self._broken = None
+            self._thread = threading.Thread(target=self._loop, name=f"joules-engine-{self.name}", daemon=True)
+            self._thread.start()
+
     def close(self, timeout: float = 30.0) -> None:
         """Stop the loop (requests still in flight end with finish_reason "abort") and free the cache."""
         with self._cond:
@@ -351,9 +409,15 @@ class Engine:
         sched = self._scheduler
         while True:
             with self._cond:
-                while not self._closed and not self._inbox.new and not self._inbox.aborts and not sched.has_work():
+                while (
+                    not self._closed
+                    and not self._stopping
+                    and not self._inbox.new
+                    and not self._inbox.aborts
+                    and not sched.has_work()
+                ):
                     self._cond.wait()
-                if self._closed:
+                if self._closed or self._stopping:
                     break
                 new, self._inbox.new = self._inbox.new, []
                 aborts, self._inbox.aborts = self._inbox.aborts, set()
@@ -375,7 +439,7 @@ class Engine:
                 return
             finally:
                 self._publish_counts()
-        self._fail_all(None)
+        self._fail_all(None if self._closed else self._broken)
 
     def _publish_counts(self) -> None:
         sched = self._scheduler
