@@ -118,8 +118,9 @@ def _tensor_parallel_engine(
         )
     if "weights" not in bundle.spec.files:
         raise ConfigError(
-            f"model {bundle.name!r} has no safetensors weights in its bundle (only an ONNX graph): "
-            "--tensor-parallel needs a model imported from a Hugging Face directory"
+            f"model {bundle.name!r} has no safetensors weights in its bundle, only an ONNX graph (an optimized "
+            "variant keeps only its graph): --tensor-parallel serves a version imported from a Hugging Face "
+            "directory or a GGUF file (joules models list NAME shows which one it was made from)"
         )
     config = config or EngineConfig(max_model_len=min(EngineConfig().max_model_len, spec.context_length))
     settings = settings or load_settings()
