@@ -191,12 +191,12 @@ def test_a_killed_rank_fails_requests_fast_then_the_group_is_restarted(
     last = list(stream)[-1]
     assert last.finish_reason == "error" and "rank 1" in (last.error or "")
     assert time.monotonic() - started < 30  # fast, never a hang (a generous bound for a loaded machine)
-    assert not engine.healthy and "rank 1" in (engine.failure or "")
+    assert not engine.healthy and "rank 1" in (engine.unhealthy_reason or "")
     with pytest.raises(EngineUnavailableError):
         engine.generate(_greedy("Héllo"))  # a new request is refused at once
 
     # the supervisor restarts the group: a new one, healthy, answering as before
-    assert _wait(lambda: engine.healthy, 120), engine.failure
+    assert _wait(lambda: engine.healthy, 120), engine.unhealthy_reason
     second = engine.decoder.pids  # type: ignore[attr-defined]
     assert not set(second) & set(first)
     assert engine.generate(_greedy("Héllo")).token_ids == want
@@ -206,7 +206,7 @@ def test_a_killed_rank_fails_requests_fast_then_the_group_is_restarted(
     assert _wait(lambda: not engine.healthy, 10)
     with pytest.raises(EngineUnavailableError, match="rank 0"):
         engine.generate(_greedy("Héllo"))
-    assert _wait(lambda: engine.healthy, 120), engine.failure
+    assert _wait(lambda: engine.healthy, 120), engine.unhealthy_reason
     assert engine.generate(_greedy("Héllo")).token_ids == want
 
 

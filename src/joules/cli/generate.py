@@ -116,7 +116,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             from joules.errors import EngineUnavailableError, JoulesError
 
             if not engine.healthy:  # a tensor-parallel rank died
-                raise EngineUnavailableError(result.error or engine.failure or "the engine stopped")
+                raise EngineUnavailableError(result.error or engine.unhealthy_reason or "the engine stopped")
             raise JoulesError(result.error or "generation failed")
         decode_s = elapsed - (first or 0.0)
         tps = (

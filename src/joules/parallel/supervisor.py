@@ -35,7 +35,7 @@ class Restartable(Protocol):
     def healthy(self) -> bool: ...
 
     @property
-    def failure(self) -> str | None: ...
+    def unhealthy_reason(self) -> str | None: ...
 
     @property
     def closed(self) -> bool: ...
@@ -88,7 +88,7 @@ class GroupSupervisor:
                 return
             if self.engine.healthy:
                 continue
-            why = self.engine.failure or "unknown"
+            why = self.engine.unhealthy_reason or "unknown"
             if time.monotonic() - last_restart > p.stable_s:
                 in_a_row = 0
             if in_a_row >= p.max_restarts:

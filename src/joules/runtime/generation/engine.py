@@ -222,11 +222,9 @@ class Engine:
     def _enqueue(self, request: GenerationRequest, sink: Callable[[GenerationDelta], None]) -> Seq:
         seq = self._sequence(request, sink)  # tokenizing happens in the caller's thread
         with self._cond:
-            if self._closed:
-                raise EngineUnavailableError(f"the {self.name!r} engine is shut down")
-            failure = self.failure
-            if failure is not None:
-                raise EngineUnavailableError(f"the {self.name!r} engine cannot run: {failure}")
+            reason = self.unhealthy_reason
+            if reason is not None:
+                raise EngineUnavailableError(reason)
             if self._counters.waiting + len(self._inbox.new) >= self.config.max_waiting + self._free_capacity():
                 raise QueueFullError(
                     f"{self.name!r} has {self.config.max_waiting} requests waiting; retry in "
@@ -334,20 +332,22 @@ class Engine:
     # -- health ---------------------------------------------------------------------------------------
 
     @property
-    def failure(self) -> str | None:
-        """Why the engine cannot run now (its decoder failed, a rank died, it is restarting), or None."""
+    def unhealthy_reason(self) -> str | None:
+        """Why the engine cannot run requests now (shut down, its decoder failed, a tensor-parallel rank died,
+        restarting), or None while it can."""
         if self._closed:
-            return "the engine is shut down"
-        if self._broken is not None:
-            return self._broken
-        if not getattr(self.decoder, "healthy", True):  # a rank that died while the engine was idle
-            return getattr(self.decoder, "failure", None) or "the decoder stopped"
-        return None
+            return f"the {self.name!r} engine is shut down"
+        why = self._broken
+        if why is None and not getattr(self.decoder, "healthy", True):  # a rank that died while the engine was idle
+            why = getattr(self.decoder, "failure", None) or "its decoder stopped"
+        if why is None and not self._thread.is_alive():
+            why = "its loop stopped"
+        return None if why is None else f"the {self.name!r} engine cannot run: {why}"
 
     @property
     def healthy(self) -> bool:
-        """Whether a request would be served now: readiness follows this (False: every request gets 503)."""
-        return self.failure is None
+        """True while the engine can run requests: readiness follows this (False: every request gets 503)."""
+        return self.unhealthy_reason is None
 
     @property
     def closed(self) -> bool:
