@@ -454,6 +454,9 @@ class TensorParallelDecoder:
                 continue
             k = os.readv(self._from_rank0, [view[got:]])
             if k == 0:
+                # The pipe closes as rank 0 dies, a moment before it can be reaped: wait for it to say how.
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._ranks[0].proc.wait(timeout=1.0)
                 self._check_ranks()
                 self._fail("tensor-parallel rank 0 closed its pipe")
             got += k

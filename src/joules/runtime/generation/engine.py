@@ -432,7 +432,10 @@ class Engine:
             try:
                 self._step()
             except Exception as e:  # the decoder cannot go on: every request is told, none hangs
-                log.exception("engine %s stopped", self.name)
+                if isinstance(e, EngineUnavailableError):  # expected (a rank died): its message says it all
+                    log.error("engine %s stopped: %s", self.name, e)
+                else:
+                    log.exception("engine %s stopped", self.name)
                 with self._cond:
                     self._broken = str(e) if isinstance(e, EngineUnavailableError) else f"{type(e).__name__}: {e}"
                 self._fail_all(self._broken)
