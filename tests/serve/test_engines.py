@@ -5,6 +5,7 @@ Real rank processes on the tiny random Llama (4 query / 2 KV heads: 2 ranks get 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 from joules.bundle import Bundle
+from joules.cli.common import parallel_options
 from joules.errors import BundleError, ConfigError, EngineUnavailableError
 from joules.imports.weights_only import import_weights_only
 from joules.parallel import LlamaShape
@@ -153,6 +155,12 @@ def test_the_ray_engine_with_tensor_parallel_is_refused() -> None:
     with pytest.raises(ConfigError, match="--engine ray with --tensor-parallel 2"):
         ParallelOptions(tensor_parallel=2, engine="ray")
     assert ParallelOptions(engine="ray").tensor_parallel is None
+    # what `joules serve NAME --engine ray --tensor-parallel 2` parses to: refused before anything loads (exit 2)
+    with pytest.raises(ConfigError, match="not supported"):
+        parallel_options(argparse.Namespace(engine="ray", tensor_parallel=2, max_worker_memory="2200M"))
+    assert parallel_options(argparse.Namespace(tensor_parallel=3, max_worker_memory="2G")) == ParallelOptions(
+        tensor_parallel=3, max_worker_memory=2 << 30
+    )
     for bad in (0, -1, True, 1.5):
         with pytest.raises(ConfigError, match="--tensor-parallel"):
             ParallelOptions(tensor_parallel=bad)  # type: ignore[arg-type]
