@@ -262,3 +262,32 @@ def test_a_bundle_without_safetensors_is_refused_on_the_rank_path(
     replace(bundle.spec, files=files).write(copy)
     with pytest.raises(ConfigError, match="safetensors"):
         open_engine(copy, tensor_parallel=2)
+
+
+def test_generate_with_a_rank_started_apart_by_joules_worker(chat_home: Path, free_port: int) -> None:
+    """--master-addr/--master-port: rank 0 in `joules generate`, rank 1 a `joules worker` (as on another machine)."""
+    import subprocess
+
+    from tests.helpers import JOULES
+
+    want = _generate(chat_home, "--tensor-parallel", "1")
+    group = ["--world-size", "2", "--master-addr", "127.0.0.1", "--master-port", str(free_port)]
+    worker = subprocess.Popen(
+        [*JOULES, "worker", "chat", "--rank", "1", *group, "--threads", "1"],
+        env={**os.environ, "JOULES_HOME": str(chat_home)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        got = _generate(
+            chat_home, "--tensor-parallel", "2", "--master-addr", "127.0.0.1", "--master-port", str(free_port)
+        )
+        assert got["text"] == want["text"]
+        assert worker.wait(timeout=60) == 0  # rank 0 closed the group: the worker leaves
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(timeout=10)
+    for bad in (["--master-addr", "127.0.0.1"], ["--master-port", "1", "--tensor-parallel", "2"]):
+        proc = run_joules("generate", "chat", "hi", *bad, home=chat_home)
+        assert proc.returncode == 2 and "--master" in proc.stderr, proc.stderr

@@ -85,6 +85,13 @@ def add_parallel_options(p: argparse.ArgumentParser) -> None:
         help="memory each tensor-parallel worker may hold, e.g. 2200M or 3G (powers of 1024), enforced by the "
         "operating system; a model that does not fit is refused with the N that would (default: no cap)",
     )
+    p.add_argument(
+        "--master-addr",
+        metavar="ADDR",
+        help="with --tensor-parallel N: run only rank 0 here, listening on ADDR for ranks 1..N-1 started on other "
+        "machines with `joules worker` (docs/parallel.md)",
+    )
+    p.add_argument("--master-port", type=int, metavar="PORT", help="the port of --master-addr")
 
 
 def parallel_options(args: argparse.Namespace) -> Any:
@@ -97,4 +104,6 @@ def parallel_options(args: argparse.Namespace) -> Any:
         tensor_parallel=getattr(args, "tensor_parallel", None),
         max_worker_memory=parse_size(size) if size is not None else None,
         engine=engine if isinstance(engine, str) else "local",
+        master_addr=getattr(args, "master_addr", None),
+        master_port=getattr(args, "master_port", None),
     )

@@ -37,6 +37,10 @@ class ParallelOptions:
     # torch rank for a weights-only bundle); 1: the unsplit torch reference; N > 1: N ranks.
     tensor_parallel: int | None = None
     max_worker_memory: int | None = None  # bytes each rank may hold; None: no cap
+    # Ranks on other machines (`joules worker`): rank 0 (this process's group) listens on master_addr:master_port
+    # and only rank 0 starts here. None: every rank on this machine.
+    master_addr: str | None = None
+    master_port: int | None = None
     engine: str = "local"  # the serving engine (--engine); "ray" cannot place tensor-parallel ranks (refused)
     # A tensor-parallel group whose rank died is restarted after this many seconds (doubling while it keeps
     # dying, joules.parallel.supervisor); None: never, the engine stays down (503, not ready).
@@ -51,6 +55,16 @@ class ParallelOptions:
         d = self.restart_delay_s
         if d is not None and (isinstance(d, bool) or not isinstance(d, int | float) or d < 0):
             raise ConfigError(f"restart_delay_s must be a number of seconds >= 0 or None, got {d!r}")
+        if (self.master_addr is not None or self.master_port is not None) and (tp is None or tp < 2):
+            raise ConfigError(
+                "--master-addr/--master-port place tensor-parallel ranks on other machines: give --tensor-parallel N "
+                "(N >= 2) with them"
+            )
+        if (self.master_addr is None) != (self.master_port is None):
+            raise ConfigError("give --master-addr and --master-port together (the address ranks join the group at)")
+        port = self.master_port
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535):
+            raise ConfigError(f"--master-port must be a port number 1..65535, got {port!r}")
         if self.engine == "ray" and tp is not None:
             raise ConfigError(
                 f"--engine ray with --tensor-parallel {tp} is not supported: the Ray engine does not place "
@@ -136,6 +150,8 @@ def _tensor_parallel_engine(
         num_slots=slots,
         max_model_len=config.max_model_len,
         max_worker_memory=cap,
+        master_addr=parallel.master_addr,
+        master_port=parallel.master_port,
     )
     try:
         template = (bundle.path / spec.chat_template).read_text(encoding="utf-8") if spec.chat_template else None
