@@ -35,6 +35,7 @@ from joules.bundle import Activation, Bundle, BundleSpec, Postprocess, Preproces
 from joules.bundle.bundle import sha256_file
 from joules.bundle.generation import GenerationSpec
 from joules.errors import BundleError, require
+from joules.imports.hf_files import TEMPLATE_FILE, chat_template, read_json, special_tokens
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,6 @@ PARITY_TEXTS = (
     "Once upon a time, in a small village by the sea, there lived an old fisherman who",
     "def fibonacci(n):\n    ",
 )
-TEMPLATE_FILE = "chat_template.jinja"
 
 
 def _now() -> str:
@@ -65,64 +65,8 @@ def is_causal_lm_dir(directory: Path) -> bool:
     )
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise BundleError(f"{str(path)!r} is not valid JSON: {e}") from e
-    return data if isinstance(data, dict) else {}
-
-
-def _chat_template(source: Path) -> str | None:
-    jinja = source / TEMPLATE_FILE
-    if jinja.is_file():
-        return jinja.read_text(encoding="utf-8")
-    template = _read_json(source / "tokenizer_config.json").get("chat_template")
-    if isinstance(template, list):  # named templates: take the default one
-        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-        template = named.get("default") or next(iter(named.values()), None)
-    return template if isinstance(template, str) else None
-
-
-def _ids(value: Any) -> list[int]:
-    if value is None:
-        return []
-    if isinstance(value, int) and not isinstance(value, bool):
-        return [value]
-    if isinstance(value, list):
-        return [v for v in value if isinstance(v, int) and not isinstance(v, bool)]
-    return []
-
-
-def _special_tokens(source: Path, config: dict[str, Any], tokenizer: Any) -> tuple[list[int], int | None, int | None]:
-    """(eos ids, bos id, pad id) from generation_config.json, config.json and the tokenizer's config."""
-    gen = _read_json(source / "generation_config.json")
-    tok_config = _read_json(source / "tokenizer_config.json")
-
-    def token_id(entry: Any) -> int | None:
-        text = entry.get("content") if isinstance(entry, dict) else entry
-        return tokenizer.token_to_id(text) if isinstance(text, str) else None
-
-    eos = _ids(gen.get("eos_token_id")) or _ids(config.get("eos_token_id"))
-    tok_eos = token_id(tok_config.get("eos_token"))
-    if tok_eos is not None and tok_eos not in eos:
-        eos.append(tok_eos)
-    bos = next(iter(_ids(gen.get("bos_token_id")) or _ids(config.get("bos_token_id"))), None)
-    if bos is None:
-        bos = token_id(tok_config.get("bos_token"))
-    pad = next(iter(_ids(gen.get("pad_token_id")) or _ids(config.get("pad_token_id"))), None)
-    if not eos:
-        raise BundleError(
-            f"{str(source)!r}: no end-of-sequence token id in generation_config.json, config.json or "
-            "tokenizer_config.json; the engine would never know when the model is done"
-        )
-    return eos, bos, pad
-
-
 def _sampling_defaults(source: Path) -> dict[str, Any] | None:
-    gen = _read_json(source / "generation_config.json")
+    gen = read_json(source / "generation_config.json")
     keep: dict[str, Any] = {k: gen[k] for k in ("temperature", "top_p", "top_k", "repetition_penalty") if k in gen}
     if gen.get("do_sample") is False:
         keep["temperature"] = 0.0
@@ -179,7 +123,7 @@ def _copy_weights(source: Path, out: Path) -> dict[str, str]:
     index = source / "model.safetensors.index.json"
     if index.is_file():
         shutil.copyfile(index, out / index.name)
-        shards = sorted(set(_read_json(index).get("weight_map", {}).values()))
+        shards = sorted(set(read_json(index).get("weight_map", {}).values()))
         for shard in shards:
             shutil.copyfile(source / shard, out / shard)
         return {"weights_config": "config.json", "weights": index.name}
@@ -199,7 +143,7 @@ def write_generation_bundle(source: Path, out: Path, *, lineage: list[dict[str, 
     from joules.runtime.generation.chat import render_chat
 
     scan_directory(source)
-    config = _read_json(source / "config.json")
+    config = read_json(source / "config.json")
     model_type = config.get("model_type")
     if model_type not in SUPPORTED_TYPES:
         raise BundleError(
@@ -211,8 +155,8 @@ def write_generation_bundle(source: Path, out: Path, *, lineage: list[dict[str, 
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(source / "tokenizer.json"))
-    eos, bos, pad = _special_tokens(source, config, tokenizer)
-    template = _chat_template(source)
+    eos, bos, pad = special_tokens(source, config, tokenizer)
+    template = chat_template(source)
     if template is not None:
         name = lambda i: (tokenizer.id_to_token(i) or "") if i is not None else ""  # noqa: E731
         render_chat(template, [{"role": "user", "content": "hi"}], bos_token=name(bos), eos_token=name(eos[0]))

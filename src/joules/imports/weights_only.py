@@ -13,7 +13,6 @@ is what that decoder's tests check.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from datetime import UTC, datetime
@@ -23,70 +22,11 @@ from typing import Any
 from joules.bundle import Activation, Bundle, BundleSpec, Postprocess, Preprocess, Task, scan_directory
 from joules.bundle.generation import GenerationSpec
 from joules.errors import BundleError
+from joules.imports.hf_files import TEMPLATE_FILE, chat_template, read_json, special_tokens
 from joules.parallel.llama import LlamaShape
 from joules.parallel.weights import INDEX_FILE, WeightIndex
 
-TEMPLATE_FILE = "chat_template.jinja"
 OPTIONAL_FILES = ("generation_config.json", "tokenizer_config.json", "special_tokens_map.json")
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise BundleError(f"{str(path)!r} is not valid JSON: {e}") from e
-    return data if isinstance(data, dict) else {}
-
-
-def _ids(value: Any) -> list[int]:
-    if isinstance(value, bool):
-        return []
-    if isinstance(value, int):
-        return [value]
-    if isinstance(value, list):
-        return [v for v in value if isinstance(v, int) and not isinstance(v, bool)]
-    return []
-
-
-def _special_tokens(source: Path, config: dict[str, Any]) -> tuple[list[int], int | None, int | None]:
-    """(eos ids, bos id, pad id) from generation_config.json, then config.json, then the tokenizer's files."""
-    from tokenizers import Tokenizer
-
-    gen = _read_json(source / "generation_config.json")
-    tok_config = _read_json(source / "tokenizer_config.json")
-    tokenizer = Tokenizer.from_file(str(source / "tokenizer.json"))
-
-    def token_id(entry: Any) -> int | None:
-        text = entry.get("content") if isinstance(entry, dict) else entry
-        return tokenizer.token_to_id(text) if isinstance(text, str) else None
-
-    eos = _ids(gen.get("eos_token_id")) or _ids(config.get("eos_token_id"))
-    tok_eos = token_id(tok_config.get("eos_token"))
-    if tok_eos is not None and tok_eos not in eos:
-        eos.append(tok_eos)
-    bos = next(iter(_ids(gen.get("bos_token_id")) or _ids(config.get("bos_token_id"))), None)
-    if bos is None:
-        bos = token_id(tok_config.get("bos_token"))
-    pad = next(iter(_ids(gen.get("pad_token_id")) or _ids(config.get("pad_token_id"))), None)
-    if not eos:
-        raise BundleError(
-            f"{str(source)!r}: no end-of-sequence token id in generation_config.json, config.json or "
-            "tokenizer_config.json; the engine would never know when the model is done"
-        )
-    return eos, bos, pad
-
-
-def _chat_template(source: Path) -> str | None:
-    jinja = source / TEMPLATE_FILE
-    if jinja.is_file():
-        return jinja.read_text(encoding="utf-8")
-    template = _read_json(source / "tokenizer_config.json").get("chat_template")
-    if isinstance(template, list):  # named templates: the default one
-        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-        template = named.get("default") or next(iter(named.values()), None)
-    return template if isinstance(template, str) else None
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -120,12 +60,14 @@ def import_weights_only(source: Path, workdir: Path) -> Bundle:
         raise BundleError(f"{str(source)!r} has no config.json: --weights-only imports a Hugging Face causal LM")
     if not (source / "tokenizer.json").is_file():
         raise BundleError(f"{str(source)!r}: a text-generation model needs tokenizer.json (the fast tokenizer file)")
-    config = _read_json(source / "config.json")
+    config = read_json(source / "config.json")
     shape = LlamaShape.from_config(config, str(source / "config.json"))
     index = WeightIndex.from_directory(source)
     index.check(shape)
-    eos, bos, pad = _special_tokens(source, config)
-    template = _chat_template(source)
+    from tokenizers import Tokenizer
+
+    eos, bos, pad = special_tokens(source, config, Tokenizer.from_file(str(source / "tokenizer.json")))
+    template = chat_template(source)
     weights = _weights_role(source, index)
 
     out = workdir / "bundle"
@@ -139,7 +81,7 @@ def import_weights_only(source: Path, workdir: Path) -> Bundle:
         _link_or_copy(f, out / f.name)
     if template is not None:
         (out / TEMPLATE_FILE).write_text(template, encoding="utf-8")
-    gen_config = _read_json(source / "generation_config.json")
+    gen_config = read_json(source / "generation_config.json")
     defaults: dict[str, Any] = {
         k: gen_config[k] for k in ("temperature", "top_p", "top_k", "repetition_penalty") if k in gen_config
     }
