@@ -71,20 +71,27 @@ def read_rules_mapping(path: Path) -> dict[str, Any]:
 
 def add_parallel_options(p: argparse.ArgumentParser) -> None:
     """``--tensor-parallel`` and ``--max-worker-memory``: how a generative model is split (serve/engines.py)."""
-    from joules.serve.engines import ParallelOptions
-
     p.add_argument(
         "--tensor-parallel",
         type=int,
-        default=default(ParallelOptions, "tensor_parallel"),
         metavar="N",
-        help="split a generative model's weights across N worker processes (default %(default)s: no split)",
+        help="run a generative model's decoder in N worker processes, each holding 1/N of its weights "
+        "(the torch path; 1: unsplit in one worker). Default: ONNX Runtime in this process, or one worker for "
+        "a weights-only model",
     )
     p.add_argument(
         "--max-worker-memory",
         metavar="SIZE",
-        help="memory each tensor-parallel worker may hold, e.g. 2200M or 3G (default: no cap)",
+        help="memory each tensor-parallel worker may hold, e.g. 2200M or 3G (powers of 1024), enforced by the "
+        "operating system; a model that does not fit is refused with the N that would (default: no cap)",
     )
+    p.add_argument(
+        "--master-addr",
+        metavar="ADDR",
+        help="with --tensor-parallel N: run only rank 0 here, listening on ADDR for ranks 1..N-1 started on other "
+        "machines with `joules worker` (docs/parallel.md)",
+    )
+    p.add_argument("--master-port", type=int, metavar="PORT", help="the port of --master-addr")
 
 
 def parallel_options(args: argparse.Namespace) -> Any:
@@ -92,7 +99,11 @@ def parallel_options(args: argparse.Namespace) -> Any:
     from joules.serve.engines import ParallelOptions
 
     size = getattr(args, "max_worker_memory", None)
+    engine = getattr(args, "engine", None)
     return ParallelOptions(
-        tensor_parallel=getattr(args, "tensor_parallel", 1),
+        tensor_parallel=getattr(args, "tensor_parallel", None),
         max_worker_memory=parse_size(size) if size is not None else None,
+        engine=engine if isinstance(engine, str) else "local",
+        master_addr=getattr(args, "master_addr", None),
+        master_port=getattr(args, "master_port", None),
     )

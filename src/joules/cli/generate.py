@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any
 
-from joules.cli.common import runtime_options
+from joules.cli.common import add_parallel_options, parallel_options, runtime_options
 from joules.cli.output import info, print_json
 
 
@@ -24,6 +24,7 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
         help="longest prompt + completion (default 2048, or the model's context if shorter)",
     )
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: one per core)")
+    add_parallel_options(p)
 
 
 def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
@@ -45,9 +46,11 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
 
 def _engine(args: argparse.Namespace) -> Any:
     from joules.registry import Registry
-    from joules.runtime.generation import EngineConfig, engine_from_bundle
+    from joules.runtime.generation import EngineConfig
+    from joules.serve.engines import open_generation_engine
     from joules.settings import load_settings
 
+    parallel = parallel_options(args)  # a bad flag is refused before the registry is opened
     settings = load_settings()
     registry = Registry(settings)
     mv = registry.get(args.ref)
@@ -56,9 +59,10 @@ def _engine(args: argparse.Namespace) -> Any:
     length = args.max_model_len or min(EngineConfig().max_model_len, context)
     # One conversation at a time: a few slots, and prefix caching so each turn reuses the history's cache.
     config = EngineConfig(max_model_len=length, max_num_seqs=2, max_waiting=4, prefix_cache_slots=2)
-    return engine_from_bundle(
+    return open_generation_engine(
         bundle,
         config,
+        parallel=parallel,
         options=runtime_options(args, allow_spinning=True, spin_duration_us=100),
         settings=settings,
         name=mv.name,
@@ -109,8 +113,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         elapsed = time.perf_counter() - started
         result = GenerationResult.gather(deltas)
         if result.finish_reason == "error":
-            from joules.errors import JoulesError
+            from joules.errors import EngineUnavailableError, JoulesError
 
+            if not engine.healthy:  # a tensor-parallel rank died
+                raise EngineUnavailableError(result.error or engine.unhealthy_reason or "the engine stopped")
             raise JoulesError(result.error or "generation failed")
         decode_s = elapsed - (first or 0.0)
         tps = (

@@ -411,11 +411,18 @@ class TensorParallelDecoder:
         raise EngineUnavailableError(why)
 
     @property
+    def failure(self) -> str | None:
+        """Why the group cannot compute (a call failed, a rank this process started has exited), or None."""
+        if self._failure is not None:
+            return self._failure
+        if self._closed:
+            return "the tensor-parallel decoder was closed"
+        return next((r.why() for r in self._ranks if r.proc.poll() is not None), None)
+
+    @property
     def healthy(self) -> bool:
         """Every rank this process started is running and no call has failed."""
-        if self._failure is not None or self._closed:
-            return False
-        return all(r.proc.poll() is None for r in self._ranks)
+        return self.failure is None
 
     @property
     def pids(self) -> list[int]:
@@ -447,6 +454,9 @@ class TensorParallelDecoder:
                 continue
             k = os.readv(self._from_rank0, [view[got:]])
             if k == 0:
+                # The pipe closes as rank 0 dies, a moment before it can be reaped: wait for it to say how.
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._ranks[0].proc.wait(timeout=1.0)
                 self._check_ranks()
                 self._fail("tensor-parallel rank 0 closed its pipe")
             got += k

@@ -147,6 +147,7 @@ class Engine:
         self._observers: list[EngineObserver] = []
         self._closed = False
         self._broken: str | None = None
+        self._stopping = False  # restart(): the loop ends without closing the engine
         self._thread = threading.Thread(target=self._loop, name=f"joules-engine-{name}", daemon=True)
         self._thread.start()
 
@@ -221,10 +222,9 @@ class Engine:
     def _enqueue(self, request: GenerationRequest, sink: Callable[[GenerationDelta], None]) -> Seq:
         seq = self._sequence(request, sink)  # tokenizing happens in the caller's thread
         with self._cond:
-            if self._closed:
-                raise EngineUnavailableError(f"the {self.name!r} engine is shut down")
-            if self._broken is not None:
-                raise EngineUnavailableError(f"the {self.name!r} engine cannot run: {self._broken}")
+            reason = self.unhealthy_reason
+            if reason is not None:
+                raise EngineUnavailableError(reason)
             if self._counters.waiting + len(self._inbox.new) >= self.config.max_waiting + self._free_capacity():
                 raise QueueFullError(
                     f"{self.name!r} has {self.config.max_waiting} requests waiting; retry in "
@@ -309,20 +309,6 @@ class Engine:
             self._inbox.aborts.add(request_id)
             self._cond.notify()
 
-    @property
-    def healthy(self) -> bool:
-        """True while the engine can run requests (not closed, its decoder has not failed)."""
-        return not self._closed and self._broken is None and self._thread.is_alive()
-
-    @property
-    def unhealthy_reason(self) -> str | None:
-        """Why the engine cannot run requests, or None while it can."""
-        if self._broken is not None:
-            return f"the {self.name!r} engine cannot run: {self._broken}"
-        if self._closed or not self._thread.is_alive():
-            return f"the {self.name!r} engine is shut down"
-        return None
-
     def add_observer(self, observer: EngineObserver) -> None:
         self._observers.append(observer)
 
@@ -342,6 +328,64 @@ class Engine:
             prefix_cache_hit_tokens=prefix.hit_tokens,
             steps=c.steps,
         )
+
+    # -- health ---------------------------------------------------------------------------------------
+
+    @property
+    def unhealthy_reason(self) -> str | None:
+        """Why the engine cannot run requests now (shut down, its decoder failed, a tensor-parallel rank died,
+        restarting), or None while it can."""
+        if self._closed:
+            return f"the {self.name!r} engine is shut down"
+        why = self._broken
+        if why is None and not getattr(self.decoder, "healthy", True):  # a rank that died while the engine was idle
+            why = getattr(self.decoder, "failure", None) or "its decoder stopped"
+        if why is None and not self._thread.is_alive():
+            why = "its loop stopped"
+        return None if why is None else f"the {self.name!r} engine cannot run: {why}"
+
+    @property
+    def healthy(self) -> bool:
+        """True while the engine can run requests: readiness follows this (False: every request gets 503)."""
+        return self.unhealthy_reason is None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def restartable(self) -> bool:
+        return callable(getattr(self.decoder, "restart", None))
+
+    def restart(self, reason: str = "the engine is restarting") -> None:
+        """Stop the loop, end every request with an error, restart the decoder and run again.
+
+        For decoders that can start over (a tensor-parallel group: ``joules.parallel.supervisor`` calls this
+        when a rank died). Raises EngineUnavailableError if the decoder cannot restart (the engine stays
+        unhealthy) or the engine is closed.
+        """
+        restart = getattr(self.decoder, "restart", None)
+        if not callable(restart):
+            raise EngineUnavailableError(f"the {self.name!r} engine's decoder cannot be restarted")
+        with self._cond:
+            if self._closed:
+                raise EngineUnavailableError(f"the {self.name!r} engine is shut down")
+            self._broken = self._broken or reason
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join()  # it ends every request it held with the error above
+        self._fail_all(self._broken)
+        restart()  # raises if the group cannot start: _broken stays set
+        with self._cond:
+            if self._closed:  # closed while the decoder restarted: stop what the restart started
+                self.decoder.close()
+                return
+            self._scheduler = Scheduler(self.config, self.decoder, self.kv_cache_tokens)
+            self._counters.running = self._counters.waiting = self._counters.kv_used = 0
+            self._stopping = False
+            self._broken = None
+            self._thread = threading.Thread(target=self._loop, name=f"joules-engine-{self.name}", daemon=True)
+            self._thread.start()
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop the loop (requests still in flight end with finish_reason "abort") and free the cache."""
@@ -365,9 +409,15 @@ class Engine:
         sched = self._scheduler
         while True:
             with self._cond:
-                while not self._closed and not self._inbox.new and not self._inbox.aborts and not sched.has_work():
+                while (
+                    not self._closed
+                    and not self._stopping
+                    and not self._inbox.new
+                    and not self._inbox.aborts
+                    and not sched.has_work()
+                ):
                     self._cond.wait()
-                if self._closed:
+                if self._closed or self._stopping:
                     break
                 new, self._inbox.new = self._inbox.new, []
                 aborts, self._inbox.aborts = self._inbox.aborts, set()
@@ -382,14 +432,17 @@ class Engine:
             try:
                 self._step()
             except Exception as e:  # the decoder cannot go on: every request is told, none hangs
-                log.exception("engine %s stopped", self.name)
+                if isinstance(e, EngineUnavailableError):  # expected (a rank died): its message says it all
+                    log.error("engine %s stopped: %s", self.name, e)
+                else:
+                    log.exception("engine %s stopped", self.name)
                 with self._cond:
                     self._broken = str(e) if isinstance(e, EngineUnavailableError) else f"{type(e).__name__}: {e}"
                 self._fail_all(self._broken)
                 return
             finally:
                 self._publish_counts()
-        self._fail_all(None)
+        self._fail_all(None if self._closed else self._broken)
 
     def _publish_counts(self) -> None:
         sched = self._scheduler

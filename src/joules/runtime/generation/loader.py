@@ -37,6 +37,11 @@ def engine_from_bundle(
             f"{bundle.name!r} is a {bundle.spec.task} model, not a text-generation one; "
             "`joules generate` and `joules chat` need a causal language model (joules import FILE.gguf)"
         )
+    if spec.weights_only:
+        raise BundleError(
+            f"{bundle.name!r} is a weights-only bundle (safetensors, no ONNX graph): ONNX Runtime cannot run it; "
+            "serve it with --tensor-parallel N (N >= 1, the torch rank path; see docs/parallel.md)"
+        )
     config = config or EngineConfig(max_model_len=min(EngineConfig().max_model_len, spec.context_length))
     settings = settings or load_settings()
     options = options or DEFAULT_OPTIONS

@@ -365,5 +365,7 @@ async def oip_generate(server: OnlineServer, request: Request, *, stream: bool) 
 async def gather(gen: GenerationStream, served: ServedGenerator) -> list[GenerationDelta]:
     """Every delta of a completion (cancelled, it aborts the request); an errored completion raises."""
     deltas = [d async for d in stream_deltas(gen, served)]
+    if deltas[-1].finish_reason == "error":
+        served.check_healthy()  # a rank that died mid-request: 503 (the engine is down), not 422
     check_finished(deltas[-1])
     return deltas
