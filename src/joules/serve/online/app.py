@@ -94,7 +94,7 @@ class OnlineServer:
         if models:
             log.info("energy: %s", models[0].predictor.meter.how)
         for m in models:
-            kind = "text" if m.signature.is_text else "tensors"
+            kind = m.signature.kind
             log.info(
                 "ready: %s (%s) at %s/v1/models/%s:predict and %s/v2/models/%s/infer",
                 m.ref,
