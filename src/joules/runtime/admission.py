@@ -52,13 +52,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
 from tokenizers import Encoding
 
-from joules.bundle import Bundle
+from joules.bundle import Bundle, Preprocess
 from joules.bundle.inputs import KINDS
 from joules.errors import BundleError, InputError
 from joules.runtime.inputs import EmailConverter, ImageConverter, TabularConverter
@@ -91,6 +91,7 @@ __all__ = [
     "invalid_utf8",
     "kind_for",
     "tensor_fields",
+    "text_view",
 ]
 
 
@@ -428,6 +429,16 @@ class ImageKind:
 
     def warmup(self) -> list[np.ndarray]:
         return [np.zeros(self.row_shape, dtype=self.converter.dtype)]
+
+
+def text_view(bundle: Bundle) -> Bundle:
+    """An e-mail bundle read as the text model it is after its converter (its dataset holds those texts);
+    any other bundle as it is. Evaluation and optimization measure e-mail models this way."""
+    pre = bundle.spec.preprocess
+    if pre.kind != "email":
+        return bundle
+    text = Preprocess(kind="text", tokenizer=pre.tokenizer, max_length=pre.max_length)
+    return Bundle(bundle.path, replace(bundle.spec, preprocess=text))
 
 
 def tensor_fields(kind: InputKind) -> tuple[str, ...]:
