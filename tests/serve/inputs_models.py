@@ -64,6 +64,39 @@ def _spec(out: Path, d: dict[str, object]) -> None:
     BundleSpec.from_dict(d).write(out)
 
 
+def tab_bundle(out: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The tabular bundle ``tab`` written at ``out``; returns its (w, b)."""
+    out.mkdir()
+    w, b = numeric_onnx(out / "model.onnx", features=len(FEATURES), classes=len(TAB_LABELS))
+    _spec(
+        out,
+        {
+            "name": "tab",
+            "task": "classification",
+            "inputs": [{"name": "x", "dtype": "float32", "shape": ["batch", len(FEATURES)]}],
+            "preprocess": {"kind": "tabular", "input": "x", "features": FEATURES},
+            "postprocess": {"output": "logits", "labels": TAB_LABELS},
+        },
+    )
+    return w, b
+
+
+def img_bundle(out: Path) -> None:
+    """The image bundle ``img`` written at ``out``."""
+    out.mkdir()
+    image_onnx(out / "model.onnx")
+    _spec(
+        out,
+        {
+            "name": "img",
+            "task": "classification",
+            "inputs": [{"name": "image", "dtype": "float32", "shape": ["batch", 1, 8, 8]}],
+            "preprocess": {"kind": "image", "input": "image", "size": 8, "channels": 1, "resize": "stretch"},
+            "postprocess": {"output": "logits", "labels": IMG_LABELS},
+        },
+    )
+
+
 def make_inputs_home(home: Path, tiny_bundle_dir: Path, work: Path) -> tuple[np.ndarray, np.ndarray]:
     """Register ``mail``, ``tab`` and ``img`` (production) in ``home``; return the tabular model's (w, b)."""
     reg = Registry(Settings(home=home))
@@ -73,36 +106,10 @@ def make_inputs_home(home: Path, tiny_bundle_dir: Path, work: Path) -> tuple[np.
     pre = bundle.spec.preprocess
     bundle.with_spec(preprocess=Preprocess(kind="email", tokenizer=pre.tokenizer, max_length=pre.max_length)).save()
     reg.register(mail, "mail", stage=Stage.PRODUCTION)
-
-    tab = work / "tab"
-    tab.mkdir()
-    w, b = numeric_onnx(tab / "model.onnx", features=len(FEATURES), classes=len(TAB_LABELS))
-    _spec(
-        tab,
-        {
-            "name": "tab",
-            "task": "classification",
-            "inputs": [{"name": "x", "dtype": "float32", "shape": ["batch", len(FEATURES)]}],
-            "preprocess": {"kind": "tabular", "input": "x", "features": FEATURES},
-            "postprocess": {"output": "logits", "labels": TAB_LABELS},
-        },
-    )
-    reg.register(tab, "tab", stage=Stage.PRODUCTION)
-
-    img = work / "img"
-    img.mkdir()
-    image_onnx(img / "model.onnx")
-    _spec(
-        img,
-        {
-            "name": "img",
-            "task": "classification",
-            "inputs": [{"name": "image", "dtype": "float32", "shape": ["batch", 1, 8, 8]}],
-            "preprocess": {"kind": "image", "input": "image", "size": 8, "channels": 1, "resize": "stretch"},
-            "postprocess": {"output": "logits", "labels": IMG_LABELS},
-        },
-    )
-    reg.register(img, "img", stage=Stage.PRODUCTION)
+    w, b = tab_bundle(work / "tab")
+    reg.register(work / "tab", "tab", stage=Stage.PRODUCTION)
+    img_bundle(work / "img")
+    reg.register(work / "img", "img", stage=Stage.PRODUCTION)
     return w, b
 
 
