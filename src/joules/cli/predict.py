@@ -43,7 +43,11 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument(
         "--chunk-rows", type=int, help="rows per checkpoint (default: sized so a checkpoint is written every ~2 s)"
     )
-    p.add_argument("--input-format", choices=["csv", "jsonl", "parquet"])
+    p.add_argument(
+        "--input-format",
+        choices=["csv", "jsonl", "parquet", "emails", "images", "mbox", "image-paths"],
+        help="(default: from the extension; a folder is read as .eml files or images by the model's input kind)",
+    )
     p.add_argument("--output-format", choices=["csv", "jsonl", "parquet"])
     p.add_argument("--overwrite", action="store_true", help="start over, replacing the output and any checkpoint")
     p.add_argument("--no-progress", action="store_true")

@@ -40,9 +40,11 @@ class OnnxEngine:
 
     def __init__(self, bundle: Bundle, *, batch_size: int, meter: EnergyMeter, threads: int = 0) -> None:
         from joules.runtime import Predictor, RuntimeOptions
+        from joules.runtime.admission import text_view
 
         options = RuntimeOptions(max_batch_size=batch_size, intra_op_threads=threads)
-        self.predictor = Predictor(bundle, options=options, meter=meter)
+        # An e-mail bundle's dataset holds what its converter made of each message: measure it on those.
+        self.predictor = Predictor(text_view(bundle), options=options, meter=meter)
 
     def predict(self, texts: Sequence[str]) -> tuple[np.ndarray, list[str | None], Measurement]:
         b = self.predictor.predict_texts(texts, record=False)

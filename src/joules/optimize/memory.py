@@ -61,7 +61,9 @@ def _main(argv: list[str]) -> int:
     bundle_dir, texts_file, batch = Path(argv[0]), Path(argv[1]), int(argv[2])
     texts = json.loads(texts_file.read_text(encoding="utf-8"))
     before = _peak_mb()
-    predictor = Predictor(Bundle.load(bundle_dir), options=RuntimeOptions(max_batch_size=batch))
+    from joules.runtime.admission import text_view
+
+    predictor = Predictor(text_view(Bundle.load(bundle_dir)), options=RuntimeOptions(max_batch_size=batch))
     if predictor.is_text:
         predictor.predict_texts(texts, record=False)
     peak = _peak_mb()

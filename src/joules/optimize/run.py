@@ -99,9 +99,10 @@ class RunState:
 
 def _dataset(bundle: Bundle, config: OptimizeConfig) -> SplitDataset:
     path = config.dataset or bundle.file("dataset")
-    if bundle.spec.preprocess.kind != "text":
+    if not bundle.spec.preprocess.tokenized:  # text, or e-mail (measured on the texts its converter made)
         raise OptimizeError(
-            f"{bundle.spec.name}: joules optimize measures accuracy on labelled texts and this model takes tensors; "
+            f"{bundle.spec.name}: joules optimize measures accuracy on labelled texts and this model takes "
+            f"{bundle.spec.preprocess.kind} inputs; "
             "its graph can still be fused and quantized with the passes in joules.optimize.passes"
         )
     if path is None:

@@ -23,10 +23,14 @@ The plug-in point is ``InputKind``, chosen per bundle by
   stacked);
 - ``warmup()``: a few converted values that exercise the model at load.
 
-A new kind (e-mail, tabular, image, ...) is one class with these methods and
-one line in ``kind_for`` (plus its name in ``bundle.spec.Preprocess``); every
-mode reaches it without change, because every mode goes through
-``Predictor.admit`` / ``Predictor.predict_values``.
+The kinds: ``TextKind`` (text), ``TensorKind`` (tensors), ``EmailKind`` (a raw
+message read into one text, then tokenized as text), ``TabularKind`` (named
+features into one tensor) and ``ImageKind`` (PNG/JPEG bytes into one tensor);
+the last three use the converters of ``runtime/inputs/``, which word their
+reasons. A new kind is one class with these methods and one branch in
+``kind_for`` (plus its name in ``bundle.inputs.KINDS``); every mode reaches it
+without change, because every mode goes through ``Predictor.admit`` /
+``Predictor.predict_values``.
 
 What ``admit`` receives, by carrier (a kind must take each):
 
@@ -48,14 +52,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
 from tokenizers import Encoding
 
-from joules.bundle import Bundle
+from joules.bundle import Bundle, Preprocess
+from joules.bundle.inputs import KINDS
 from joules.errors import BundleError, InputError
+from joules.runtime.inputs import EmailConverter, ImageConverter, TabularConverter
 from joules.runtime.limits import MAX_TEXT_BYTES
 from joules.runtime.preprocess import TextPreprocessor
 from joules.runtime.reasons import (
@@ -72,7 +78,21 @@ from joules.runtime.reasons import (
 
 MAX_NESTING = 8  # how deep a tensor field's lists may nest
 
-__all__ = ["InputKind", "TensorInput", "TensorKind", "TextKind", "admit_text", "field_of", "invalid_utf8", "kind_for"]
+__all__ = [
+    "EmailKind",
+    "ImageKind",
+    "InputKind",
+    "TabularKind",
+    "TensorInput",
+    "TensorKind",
+    "TextKind",
+    "admit_text",
+    "field_of",
+    "invalid_utf8",
+    "kind_for",
+    "tensor_fields",
+    "text_view",
+]
 
 
 # -- the plug-in point ----------------------------------------------------------------------------
@@ -290,6 +310,144 @@ def _ragged_shape(value: Any) -> list[int]:
     return shape
 
 
+# -- e-mail, tabular, image (converters in runtime/inputs/) ----------------------------------------
+
+_WARMUP_MAIL = (
+    "From: Ann <ann@example.com>\r\nSubject: lunch\r\n\r\nLunch at noon?\r\n",
+    "From: offers@example.net\r\nSubject: You won!\r\nContent-Type: text/html\r\n\r\n"
+    "<p>Claim your <b>prize</b> now, a second and somewhat longer message to warm up a batch of two.</p>\r\n",
+)
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class EmailKind(TextKind):
+    """A raw RFC 822 message in one field, read into one text (``inputs/email.py``), then as ``TextKind``.
+
+    The converter bounds what it parses (``preprocess.max_bytes``), so the text size bound of
+    ``TextKind`` does not apply to the raw message.
+    """
+
+    converter: EmailConverter
+    field: str = "email"
+    name: str = "email"
+
+    def admit(self, row: Mapping[str, Any]) -> str:
+        return self.converter.admit(field_of(row, self.field))
+
+    def warmup(self) -> list[str]:
+        return [self.converter.admit(m) for m in _WARMUP_MAIL]
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class TabularKind:
+    """Named numeric features (``inputs/tabular.py``) into one float tensor ``input`` [N, len(features)].
+
+    A row is either the features by name (CSV/JSONL/Parquet columns, /v1 instances, stream fields)
+    or the tensor row itself under the input's name (V2's ``input`` [N, F], ``predict_tensors``).
+    """
+
+    converter: TabularConverter
+    name: str = "tabular"
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return self.converter.features
+
+    @property
+    def input(self) -> str:
+        return self.converter.input
+
+    def admit(self, row: Mapping[str, Any]) -> np.ndarray:
+        if isinstance(row, Mapping) and self.input in row and self.input not in self.converter.features:
+            value = row[self.input]
+            if isinstance(value, np.ndarray) and value.ndim != 1:
+                raise InputError(wrong_shape(self.input, value.shape, (len(self.fields),)))
+            tensor: np.ndarray = self.converter.tensor(value)
+            return tensor[0]
+        return self.converter.admit(row)
+
+    def encode(self, values: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return list(values)
+
+    def work(self, unit: np.ndarray) -> int:
+        return 1
+
+    def feeds(self, units: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        return self.converter.batch(units)
+
+    def warmup(self) -> list[np.ndarray]:
+        return [np.zeros(len(self.fields), dtype=self.converter.dtype)]
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class ImageKind:
+    """PNG/JPEG bytes in one field (``inputs/image.py``) decoded into one float tensor ``input``.
+
+    The field holds the file's bytes (batch files, V2 binary, Redis), ``{"b64": ...}`` (/v1, JSONL) or
+    base64 text (V2 JSON BYTES, a CSV cell); ``predict_tensors`` may pass images already converted.
+    """
+
+    converter: ImageConverter
+    field: str = "image"
+    name: str = "image"
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return (self.field,)
+
+    @property
+    def input(self) -> str:
+        return self.converter.input
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        c = self.converter
+        h, w = c.size
+        return (c.channels, h, w) if c.layout == "NCHW" else (h, w, c.channels)
+
+    def admit(self, row: Mapping[str, Any]) -> np.ndarray:
+        value = field_of(row, self.field)
+        if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+            if value.shape != self.row_shape:
+                raise InputError(wrong_shape(self.field, value.shape, self.row_shape))
+            if not np.isfinite(value).all():
+                raise InputError(not_finite(self.field, str(value.dtype)))
+            return value.astype(self.converter.dtype, copy=False)
+        if isinstance(value, str):
+            value = {"b64": value}  # text carriers hold the file as base64
+        result: np.ndarray = self.converter.admit(value)
+        return result
+
+    def encode(self, values: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return list(values)
+
+    def work(self, unit: np.ndarray) -> int:
+        return 1
+
+    def feeds(self, units: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        return self.converter.batch(units)
+
+    def warmup(self) -> list[np.ndarray]:
+        return [np.zeros(self.row_shape, dtype=self.converter.dtype)]
+
+
+def text_view(bundle: Bundle) -> Bundle:
+    """An e-mail bundle read as the text model it is after its converter (its dataset holds those texts);
+    any other bundle as it is. Evaluation and optimization measure e-mail models this way."""
+    pre = bundle.spec.preprocess
+    if pre.kind != "email":
+        return bundle
+    text = Preprocess(kind="text", tokenizer=pre.tokenizer, max_length=pre.max_length)
+    return Bundle(bundle.path, replace(bundle.spec, preprocess=text))
+
+
+def tensor_fields(kind: InputKind) -> tuple[str, ...]:
+    """The names under which a row may carry model-ready arrays (``Predictor.predict_tensors``)."""
+    if isinstance(kind, TabularKind | ImageKind):
+        return (kind.input,)
+    return kind.fields
+
+
 def row_shape(dims: Sequence[Any]) -> tuple[int, ...]:
     """ONNX Runtime's input dims without the row dimension; a named or unknown dim is -1."""
     return tuple(d if isinstance(d, int) and d > 0 else -1 for d in list(dims)[1:])
@@ -311,4 +469,25 @@ def kind_for(bundle: Bundle, inputs: Mapping[str, tuple[Any, Sequence[Any]]], *,
             TensorInput(name=n, dtype=dtype, row_shape=row_shape(dims)) for n, (dtype, dims) in inputs.items()
         )
         return TensorKind(inputs=tensors, allow_non_finite=pre.allow_non_finite)
-    raise BundleError(f"preprocess.kind {pre.kind!r} has no input kind in this joules; kinds: text, tensors")
+    if pre.kind == "email":
+        return EmailKind(
+            preprocessor=TextPreprocessor(bundle.tokenizer_path, pre.max_length, list(inputs)),
+            dtypes={n: dtype for n, (dtype, _) in inputs.items()},
+            converter=EmailConverter.from_spec(pre),
+            max_bytes=max_text_bytes,
+        )
+    if pre.kind in ("tabular", "image"):
+        if pre.input not in inputs:
+            raise BundleError(
+                f"preprocess.input {pre.input!r} is not an input of the model (inputs: {list(inputs)}); "
+                "set it to the graph input the features fill"
+            )
+        if len(inputs) != 1:
+            raise BundleError(
+                f"preprocess.kind {pre.kind} fills one graph input, but the model takes {list(inputs)}; "
+                "use kind tensors for a model of several inputs"
+            )
+        if pre.kind == "tabular":
+            return TabularKind(converter=TabularConverter.from_spec(pre))
+        return ImageKind(converter=ImageConverter.from_spec(pre))
+    raise BundleError(f"preprocess.kind {pre.kind!r} has no input kind in this joules; kinds: {', '.join(KINDS)}")

@@ -33,7 +33,7 @@ from joules.bundle import Activation, Bundle
 from joules.decide import RuleSet
 from joules.errors import BundleError, InputError
 from joules.meter import ZERO, Cost, CostModel, EnergyMeter, Measurement
-from joules.runtime.admission import InputKind, TextKind, kind_for
+from joules.runtime.admission import InputKind, TextKind, kind_for, tensor_fields
 from joules.runtime.executor import OnnxExecutor
 from joules.runtime.isolation import isolate
 from joules.runtime.options import RuntimeOptions
@@ -224,6 +224,8 @@ class Predictor:
 
     def predict_tensors(self, tensors: Mapping[str, Any], *, record: bool = True) -> PredictionBatch:
         want, got = set(self.fields), set(tensors)
+        if got == set(tensor_fields(self.kind)):
+            want = got  # a tabular or image model's graph input, given as arrays already converted
         if want != got:
             raise InputError(
                 f"model {self.ref} takes inputs {sorted(want)}; "

@@ -83,7 +83,7 @@ def derive_bundle(
     """
     out.mkdir(parents=True, exist_ok=True)
     write_model(out / "model.onnx")
-    if parent.spec.preprocess.kind == "text":
+    if parent.spec.preprocess.tokenized:  # text and e-mail bundles carry their tokenizer
         shutil.copyfile(parent.tokenizer_path, out / parent.spec.preprocess.tokenizer)
     files: dict[str, str] = {}
     dataset = parent.file("dataset")

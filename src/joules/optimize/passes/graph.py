@@ -129,7 +129,7 @@ def sample_feeds(
     from joules.runtime.executor import ORT_TYPES
     from joules.runtime.preprocess import TextPreprocessor
 
-    if bundle.spec.preprocess.kind == "text":
+    if bundle.spec.preprocess.tokenized:
         pool = texts or FALLBACK_TEXTS
         rng = np.random.default_rng(seed)
         chosen = [pool[i] for i in rng.permutation(len(pool))[:rows]]

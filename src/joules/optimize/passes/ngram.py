@@ -113,7 +113,7 @@ class DistillNgram:
     def __call__(self, bundle: Bundle, out: Path, ctx: PassContext) -> PassResult:
         started = time.perf_counter()
         if bundle.spec.preprocess.kind != "text":
-            raise PassSkipped("the n-gram student reads text; this model takes tensors")
+            raise PassSkipped(f"the n-gram student reads text; this model takes {bundle.spec.preprocess.kind} inputs")
         require_torch("distill")
         import torch
 

@@ -156,7 +156,7 @@ class StaticInt8:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         started = time.perf_counter()
-        if bundle.spec.preprocess.kind != "text" or ctx.dataset is None:
+        if not bundle.spec.preprocess.tokenized or ctx.dataset is None:
             raise PassSkipped(
                 "int8-static calibrates on the training split, and this model has no labelled text dataset; "
                 "int8-dynamic needs no calibration data"

@@ -35,7 +35,7 @@ def require_torch(pass_name: str) -> None:
 def weights_dir(bundle: Bundle, pass_name: str) -> Path:
     """The directory holding the bundle's trainable weights, or PassSkipped saying what is missing."""
     cfg, weights = bundle.file("weights_config"), bundle.file("weights")
-    if bundle.spec.preprocess.kind != "text":
+    if not bundle.spec.preprocess.tokenized:
         raise PassSkipped(f"{pass_name} applies to text sequence classifiers; this model takes tensors")
     if cfg is None or weights is None:
         raise PassSkipped(

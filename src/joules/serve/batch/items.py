@@ -12,13 +12,16 @@ e-mail, a PNG) is the input kind's business, not the reader's.
 from __future__ import annotations
 
 import csv
+import hashlib
 import mailbox
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from joules.errors import DataError
+from joules.serve.batch.io import Row
 
 EMAIL_SUFFIXES = (".eml",)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -115,3 +118,110 @@ def image_paths_csv(path: Path, *, column: str = "path", max_bytes: int = DEFAUL
                 yield read_file(target if target.is_absolute() else path.parent / target, written, max_bytes)
         except (csv.Error, UnicodeDecodeError) as e:
             raise DataError(f"{str(path)!r}: not a readable CSV at line {reader.line_num}: {e}") from e
+
+
+# -- items as a batch job's rows ----------------------------------------------------------------------
+
+# Input formats whose rows are files (or mbox messages), read by this module rather than io.py.
+ITEM_FORMATS = ("emails", "images", "mbox", "image-paths")
+MBOX_SUFFIXES = (".mbox", ".mbx")
+# Rows per checkpoint of an item job at most: each row holds a whole file (up to 64 MiB for an image, the
+# first 1 MiB of a message) until its chunk is scored, so chunks stay small whatever the scoring rate.
+MAX_ITEM_CHUNK = 64
+
+
+def item_format(path: Path, given: str | None, kind: str, *, fields: int = 1) -> str | None:
+    """The item format of a batch input for a model of input ``kind``, or None when it is a table (io.py).
+
+    A folder is read as ``emails`` (an e-mail model) or ``images`` (an image model); a ``.mbox`` file as
+    ``mbox``; a CSV given to an image model as ``image-paths`` (the images it names). ``given``
+    (--input-format) overrides the guess.
+    """
+    if given is not None:
+        if given in ITEM_FORMATS:
+            _check_kind(given, kind)
+            return given
+        if path.is_dir():
+            raise DataError(f"{str(path)!r} is a folder; --input-format {given} reads a file")
+        return None
+    if path.is_dir():
+        if kind == "email":
+            return "emails"
+        if kind == "image":
+            return "images"
+        raise DataError(
+            f"{str(path)!r} is a folder: a folder is read as .eml files by an e-mail model or as images by an "
+            f"image model, but this model's input kind is {kind}; give a CSV, JSONL or Parquet file"
+        )
+    if path.suffix.lower() in MBOX_SUFFIXES:
+        _check_kind("mbox", kind)
+        return "mbox"
+    if kind == "image" and path.suffix.lower() in (".csv", ".txt"):
+        return "image-paths"
+    return None
+
+
+def _check_kind(fmt: str, kind: str) -> None:
+    want = "email" if fmt in ("emails", "mbox") else "image"
+    if kind != want:
+        raise DataError(
+            f"input format {fmt} holds {'e-mail' if want == 'email' else 'images'}; this model takes {kind}"
+        )
+
+
+def item_fingerprint(path: Path, fmt: str, column: str = "path") -> dict[str, Any]:
+    """What the checkpoint records of an item input, to refuse resuming over a changed one: for a folder, the
+    names, sizes and modification times of the files it reads (the order of its rows); for a file, its own."""
+    if fmt not in ("emails", "images"):
+        st = path.stat()
+        return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    digest = hashlib.sha256()
+    files = _folder(path, EMAIL_SUFFIXES if fmt == "emails" else IMAGE_SUFFIXES)
+    for p in files:
+        try:
+            st = p.stat()
+            digest.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+        except OSError:
+            digest.update(f"{p.name}\0?\n".encode("utf-8", "surrogateescape"))
+    return {"path": str(path.resolve()), "files": len(files), "sha256": digest.hexdigest()}
+
+
+def read_item_rows(
+    path: Path, fmt: str, field: str, *, skip: int = 0, column: str = "path", max_bytes: int | None = None
+) -> Iterator[Row]:
+    """A batch job's rows from items: ``{field: bytes}`` or the reason the item could not be read.
+
+    Rows before ``skip`` (done by an earlier run) are passed over without reading their files.
+    """
+    items: Iterator[Item]
+    if fmt == "emails":
+        paths = _folder(path, EMAIL_SUFFIXES)
+        items = (read_file(p, p.name, max_bytes, cut=True) for p in paths[skip:])
+        start = min(skip, len(paths))
+    elif fmt == "images":
+        paths = _folder(path, IMAGE_SUFFIXES)
+        limit = DEFAULT_MAX_FILE_BYTES if max_bytes is None else max_bytes
+        items = (read_file(p, p.name, limit) for p in paths[skip:])
+        start = min(skip, len(paths))
+    elif fmt == "mbox":
+        items, start = _skipped(mbox_messages(path, max_bytes=max_bytes), skip)
+    elif fmt == "image-paths":
+        limit = DEFAULT_MAX_FILE_BYTES if max_bytes is None else max_bytes
+        items, start = _skipped(image_paths_csv(path, column=column, max_bytes=limit), skip)
+    else:
+        raise DataError(f"unknown item format {fmt!r}; item formats are {list(ITEM_FORMATS)}")
+    for index, item in enumerate(items, start):
+        if item.error is not None:
+            yield Row(index, item.id, None, item.error)
+        else:
+            yield Row(index, item.id, {field: item.value})
+
+
+def _skipped(items: Iterator[Item], skip: int) -> tuple[Iterator[Item], int]:
+    """``items`` after the first ``skip`` (they are still read: an mbox or a CSV is read in order)."""
+    done = 0
+    for _ in range(skip):
+        if next(items, None) is None:
+            break
+        done += 1
+    return items, done

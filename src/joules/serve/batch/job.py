@@ -32,6 +32,7 @@ from joules.runtime import Prediction, Predictor
 from joules.serve.batch.config import BatchConfig
 from joules.serve.batch.files import JobFiles
 from joules.serve.batch.io import CsvWriter, JsonlWriter, ParquetWriter, ResultWriter, Row, detect_format, read_rows
+from joules.serve.batch.items import MAX_ITEM_CHUNK, item_fingerprint, item_format, read_item_rows
 
 CHECKPOINT_VERSION = 1
 FIRST_CHUNK, MIN_CHUNK, MAX_CHUNK = 256, 64, 8192
@@ -83,11 +84,13 @@ def _fingerprint(path: Path) -> dict[str, Any]:
 
 class BatchJob:
     def __init__(self, predictor: Predictor, config: BatchConfig) -> None:
-        if not config.input.is_file():
+        if not (config.input.is_file() or config.input.is_dir()):
             raise DataError(f"input file {str(config.input)!r} does not exist")
         self.predictor = predictor
         self.cfg = config
-        self.in_fmt = detect_format(config.input, config.input_format)
+        # Files as rows (a folder of .eml or images, an mbox, a CSV of image paths: items.py), else a table.
+        self.item_fmt = item_format(config.input, config.input_format, predictor.kind.name)
+        self.in_fmt = self.item_fmt or detect_format(config.input, config.input_format)
         self.out_fmt = detect_format(config.output, config.output_format)
         self.files = JobFiles.of(config.output, self.out_fmt)
         self.files.refuse_input(config.input)  # before anything is opened: it would be truncated or replaced
@@ -116,7 +119,7 @@ class BatchJob:
                 raise DataError(
                     f"checkpoint {str(self.checkpoint_path)!r} is unreadable ({e}); pass --overwrite to start over"
                 ) from e
-            if ckpt.get("input") != _fingerprint(self.cfg.input):
+            if ckpt.get("input") != self._fingerprint():
                 raise DataError(
                     f"{str(self.cfg.output)!r} has a checkpoint from a run over a different or changed input; "
                     "pass --overwrite to start over"
@@ -158,18 +161,31 @@ class BatchJob:
             return JsonlWriter(self.partial, position)
         return ParquetWriter(self.partial, position, self.columns)
 
+    def _fingerprint(self) -> dict[str, Any]:
+        if self.item_fmt is not None:
+            return item_fingerprint(self.cfg.input, self.item_fmt)
+        return _fingerprint(self.cfg.input)
+
+    def _rows(self, skip: int) -> Iterator[Row]:
+        if self.item_fmt is None:
+            return read_rows(self.cfg.input, self.in_fmt, self.sources, self.cfg.id_column, skip=skip)
+        (field_name,) = self.predictor.fields
+        column = self.cfg.text_column or "path"  # a CSV of image paths: the column naming the files
+        return read_item_rows(self.cfg.input, self.item_fmt, field_name, skip=skip, column=column)
+
     def _chunks(self, skip: int) -> Iterator[list[Row]]:
         """Chunks of rows; with automatic sizing, each is sized from the rate of the one before."""
-        size = self.cfg.chunk_rows or FIRST_CHUNK
+        largest = MAX_ITEM_CHUNK if self.item_fmt is not None else MAX_CHUNK
+        size = min(self.cfg.chunk_rows or FIRST_CHUNK, largest)
         chunk: list[Row] = []
-        for row in read_rows(self.cfg.input, self.in_fmt, self.sources, self.cfg.id_column, skip=skip):
+        for row in self._rows(skip):
             chunk.append(row)
             if len(chunk) >= size:
                 started = time.perf_counter()
                 yield chunk
                 if self.cfg.chunk_rows is None:
                     rate = len(chunk) / max(time.perf_counter() - started, 1e-6)
-                    size = int(min(MAX_CHUNK, max(MIN_CHUNK, rate * self.cfg.checkpoint_seconds)))
+                    size = int(min(largest, max(min(MIN_CHUNK, largest), rate * self.cfg.checkpoint_seconds)))
                 chunk = []
         if chunk:
             yield chunk
@@ -190,7 +206,7 @@ class BatchJob:
         s = BatchSummary(model=self.predictor.ref, output=str(self.cfg.output), errors_file=str(self.errors_final))
         state: dict[str, Any] = {
             "version": CHECKPOINT_VERSION,
-            "input": _fingerprint(self.cfg.input),
+            "input": self._fingerprint(),
             "model": self.predictor.ref,
             "columns": self.columns,
             "rows_done": 0,

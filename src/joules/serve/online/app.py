@@ -111,7 +111,7 @@ class OnlineServer:
                     m.name,
                 )
                 continue
-            kind = "text" if m.signature.is_text else "tensors"
+            kind = m.signature.kind
             log.info(
                 "ready: %s (%s) at %s/v1/models/%s:predict and %s/v2/models/%s/infer",
                 m.ref,

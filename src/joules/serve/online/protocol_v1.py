@@ -30,7 +30,7 @@ def decode_request(body: bytes, sig: Signature, admit: Admit, *, max_rows: int) 
         raise InputError("'instances' is empty: send at least one instance")
     if len(instances) > max_rows:
         raise InputError(f"{len(instances)} instances; a request may carry at most {max_rows} (--max-instances)")
-    names = {t.name for t in sig.inputs}
+    names = set(sig.instance_fields)
     values = []
     for i, inst in enumerate(instances):
         unknown = sorted(set(inst) - names)
@@ -39,12 +39,26 @@ def decode_request(body: bytes, sig: Signature, admit: Admit, *, max_rows: int) 
         try:
             values.append(admit(inst))
         except InputError as e:
-            hint = f"; each instance is {_example(sig)}" if any(n not in inst for n in names) else ""
+            hint = f"; each instance is {_example(sig)}" if _incomplete(sig, inst) else ""
             raise InputError(f"instances[{i}]: {e}{hint}") from None
     return Job(values)
 
 
+def _incomplete(sig: Signature, inst: Mapping[str, Any]) -> bool:
+    if sig.kind == "tabular":  # the features by name, or the input tensor: either names every value
+        return not (set(sig.fields[:-1]) <= set(inst) or sig.fields[-1] in inst)
+    return any(n not in inst for n in sig.instance_fields)
+
+
 def _example(sig: Signature) -> str:
+    if sig.kind == "email":
+        return json.dumps({sig.inputs[0].name: "<the raw message, headers and body>"})
+    if sig.kind == "image":
+        return json.dumps({sig.inputs[0].name: {"b64": "<base64 of a PNG or JPEG file>"}})
+    if sig.kind == "tabular":
+        names = sig.fields[:-1]
+        shown = ", ".join(f"{json.dumps(n)}: <number>" for n in names[:3]) + (", ..." if len(names) > 3 else "")
+        return "{" + shown + "} (" + f"{len(names)} features) or " + json.dumps({sig.fields[-1]: "[...]"})
     if sig.is_text:
         return json.dumps({sig.inputs[0].name: "..."})
     return "{" + ", ".join(f'"{t.name}": <{t.datatype} array of shape {list(t.shape[1:])}>' for t in sig.inputs) + "}"

@@ -99,6 +99,8 @@ def _decode_inputs(
         raise InputError(f"the request has no inputs; the model takes {[t.name for t in sig.inputs]}")
     names = [i.name for i in inputs]
     wanted = [t.name for t in sig.inputs]
+    if sig.feature_inputs and set(names) & {t.name for t in sig.feature_inputs}:
+        wanted = [t.name for t in sig.feature_inputs]  # a tabular model's features, one tensor each
     unknown = sorted(set(names) - set(wanted))
     missing = sorted(set(wanted) - set(names))
     if unknown or missing or len(set(names)) != len(names):
