@@ -6,7 +6,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from joules.cli.common import add_predict_options, add_text_limit, default, runtime_options
+from joules.cli.common import (
+    add_engine_options,
+    add_predict_options,
+    add_text_limit,
+    default,
+    ray_place,
+    refuse_ray_flags,
+    runtime_options,
+)
 from joules.cli.output import info, print_json, print_table
 from joules.runtime.options import RuntimeOptions
 from joules.serve.batch.config import BatchConfig
@@ -46,6 +54,7 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     add_text_limit(p)
     add_predict_options(p)
+    add_engine_options(p)
     p.set_defaults(func=cmd_batch)
 
 
@@ -108,7 +117,14 @@ def cmd_batch(args: argparse.Namespace) -> int:
     predictor = _predictor(
         args, max_batch_size=args.batch_size, max_text_bytes=args.max_text_bytes, allow_spinning=True
     )
-    summary = run_batch(predictor, config).to_dict()
+    if args.engine == "ray":
+        from joules.serve.ray.batch import RayBatchOptions, run_ray_batch
+
+        ray_options = RayBatchOptions(place=ray_place(args), actors=args.actors)
+        summary = run_ray_batch(predictor, config, ray_options, rules_file=args.rules).to_dict()
+    else:
+        refuse_ray_flags(args)
+        summary = run_batch(predictor, config).to_dict()
     if args.json:
         print_json(summary)
         return 0
