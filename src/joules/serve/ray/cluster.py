@@ -44,17 +44,19 @@ class RayPlace:
         return self.address is None
 
 
-def job_env(home: str) -> dict[str, str]:
-    """What a Ray worker needs to import joules and find the registry."""
+def job_env(home: str, names: tuple[str, ...] = ()) -> dict[str, str]:
+    """What a Ray worker needs to import joules and find the registry (and the variables ``names``)."""
     env = {"JOULES_HOME": home, "TOKENIZERS_PARALLELISM": "false"}
-    for name in ("PYTHONPATH", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    for name in ("PYTHONPATH", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", *names):
         if os.environ.get(name):
             env[name] = os.environ[name]
     return env
 
 
 @contextmanager
-def ray_session(place: RayPlace, *, home: str, namespace: str | None = None) -> Iterator[Any]:
+def ray_session(
+    place: RayPlace, *, home: str, env_names: tuple[str, ...] = (), namespace: str | None = None
+) -> Iterator[Any]:
     """Ray, connected for the block; a local Ray started here is stopped at its end, whatever happens."""
     require("ray", "ray")
     import ray
@@ -62,7 +64,7 @@ def ray_session(place: RayPlace, *, home: str, namespace: str | None = None) -> 
     # Ray's own start-up chatter is not the command's output; its errors still reach the log.
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     kwargs: dict[str, Any] = {
-        "runtime_env": {"env_vars": job_env(home)},
+        "runtime_env": {"env_vars": job_env(home, env_names)},
         "logging_level": logging.WARNING,
         "namespace": namespace,
     }
