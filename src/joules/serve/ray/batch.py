@@ -140,7 +140,9 @@ class RayBatchJob(BatchJob):
         pos = 0
         if readable:
             items = [{"index": r.index, "fields": pickle.dumps(r.fields or {})} for r in readable]
-            ray.data.DataContext.get_current().execution_options.preserve_order = True
+            context = ray.data.DataContext.get_current()
+            context.execution_options.preserve_order = True
+            context.enable_progress_bars = False  # the job has its own progress bar (--no-progress)
             blocks = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / self.block_rows))
             ds = blocks.map_batches(
                 Scorer,
