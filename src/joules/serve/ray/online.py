@@ -22,7 +22,9 @@ is stopped, and the command exits 0.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import json
 import logging
 import signal
 import threading
@@ -98,12 +100,23 @@ class JoulesReplica:
 
 class _Started:
     """The app for Ray's wrapper, whose lifespan this replica already ran: Ray's startup and shutdown
-    messages are answered here, everything else goes to the app."""
+    messages are answered here, everything else goes to the app.
+
+    ``/v2/health/ready`` is 503 until Ray Serve has the whole application running (every replica asked
+    for is up): Ray's proxy routes to the first replica as soon as it starts, and a client that saw
+    "ready" must find every replica there.
+    """
 
     def __init__(self, app: Any) -> None:
         self.app = app
+        self.all_up = False
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/v2/health/ready" and not self.all_up:
+            self.all_up = await asyncio.to_thread(_application_running)
+            if not self.all_up:
+                await _not_ready(send)
+                return
         if scope["type"] != "lifespan":
             await self.app(scope, receive, send)
             return
@@ -114,6 +127,20 @@ class _Started:
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _application_running() -> bool:
+    from ray import serve
+
+    app = serve.status().applications.get(APP_NAME)
+    return app is not None and app.status == "RUNNING"  # ApplicationStatus is a str enum
+
+
+async def _not_ready(send: Any) -> None:
+    body = json.dumps({"error": "not ready: Ray Serve is still starting the replicas"}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 class _Lifespan:
