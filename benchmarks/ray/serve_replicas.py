@@ -71,6 +71,7 @@ def measure(model: str, replicas: int, args: argparse.Namespace) -> dict:
         "p50_ms": lat.get("p50"),
         "p99_ms": lat.get("p99"),
         "errors": d.get("errors"),
+        "first_errors": d.get("first_errors", [])[:3],
         "exit_after_sigterm": rc,
     }
 
