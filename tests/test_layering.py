@@ -163,6 +163,7 @@ def test_importing_joules_its_cli_and_its_serving_modules_never_imports_torch_ra
         "import sys\n"
         "import joules, joules.cli.main as m, joules.runtime, joules.serve.online.app, joules.serve.batch.job\n"
         "import joules.serve.stream.consumer, joules.serve.stream.service, joules.serve.online.repository\n"
+        "import joules.serve.ray.batch, joules.serve.ray.online, joules.serve.ray.cluster, joules.serve.stream.group\n"
         "from joules.runtime import Predictor, load_predictor\n"
         "m.build_parser()\n"
         f"print(sorted(n for n in {HEAVY!r} if n in sys.modules))\n"

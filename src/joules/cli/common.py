@@ -107,3 +107,39 @@ def parallel_options(args: argparse.Namespace) -> Any:
         master_addr=getattr(args, "master_addr", None),
         master_port=getattr(args, "master_port", None),
     )
+
+
+def add_engine_options(p: argparse.ArgumentParser, *, actors: bool = True) -> None:
+    """``--engine local|ray`` and where Ray runs (docs/scaling.md)."""
+    p.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local: this process; ray: a Ray cluster (the 'ray' extra; default %(default)s)",
+    )
+    p.add_argument(
+        "--address",
+        help="with --engine ray: the Ray cluster to join (e.g. 10.0.0.5:6379 or auto); "
+        "without it a local Ray is started for the command and stopped at its end",
+    )
+    if actors:
+        p.add_argument(
+            "--actors",
+            type=int,
+            help="with --engine ray: scoring actors, one model each (default: the cluster's CPUs - 1, at least 1)",
+        )
+
+
+def refuse_ray_flags(args: argparse.Namespace) -> None:
+    """A Ray flag given without ``--engine ray`` would be ignored silently: say so instead."""
+    from joules.errors import ConfigError
+
+    given = [f for f, v in (("--address", args.address), ("--actors", getattr(args, "actors", None))) if v is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)} only apply with --engine ray; add --engine ray or drop them")
+
+
+def ray_place(args: argparse.Namespace) -> Any:
+    from joules.serve.ray.cluster import RayPlace
+
+    return RayPlace(address=args.address)

@@ -6,9 +6,18 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from joules.cli.common import add_predict_options, add_text_limit, default, runtime_options
+from joules.cli.common import (
+    add_engine_options,
+    add_predict_options,
+    add_text_limit,
+    default,
+    ray_place,
+    refuse_ray_flags,
+    runtime_options,
+)
 from joules.cli.engines import add_generation_options, generation_bundle, open_engine
 from joules.cli.output import info, print_json, print_table
+from joules.errors import ConfigError
 from joules.runtime.options import RuntimeOptions
 from joules.serve.batch.config import BatchConfig
 
@@ -55,6 +64,7 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     add_text_limit(p)
     add_predict_options(p)
     add_generation_options(p)
+    add_engine_options(p)
     p.set_defaults(func=cmd_batch)
 
 
@@ -115,12 +125,24 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     found = generation_bundle(args.ref)
     if found is not None:
+        if args.engine == "ray":
+            raise ConfigError(
+                f"--engine ray scores classifiers; {args.ref!r} is a text-generation model: run its batch "
+                "without --engine ray (its rows share one continuously batched engine)"
+            )
         return _generation_batch(args, found)
     config = batch_config_from_args(args)
     predictor = _predictor(
         args, max_batch_size=args.batch_size, max_text_bytes=args.max_text_bytes, allow_spinning=True
     )
-    summary = run_batch(predictor, config).to_dict()
+    if args.engine == "ray":
+        from joules.serve.ray.batch import RayBatchOptions, run_ray_batch
+
+        ray_options = RayBatchOptions(place=ray_place(args), actors=args.actors)
+        summary = run_ray_batch(predictor, config, ray_options, rules_file=args.rules).to_dict()
+    else:
+        refuse_ray_flags(args)
+        summary = run_batch(predictor, config).to_dict()
     if args.json:
         print_json(summary)
         return 0

@@ -7,8 +7,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from joules.cli.common import add_parallel_options, default, parallel_options
+from joules.cli.common import add_engine_options, add_parallel_options, default, parallel_options, ray_place
 from joules.cli.cost import add_pricing_options, pricing_overrides
+from joules.errors import ConfigError
 from joules.runtime.batching import BatchingConfig
 from joules.serve.online.config import ServeConfig
 
@@ -170,6 +171,14 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     add_parallel_options(p)
     # How each response's X-Joules-* cost is priced; flags win over JOULES_* variables and config.yaml.
     add_pricing_options(p)
+    add_engine_options(p, actors=False)
+    scale = p.add_mutually_exclusive_group()
+    scale.add_argument(
+        "--replicas", type=int, help="with --engine ray: replicas, each with its own batcher (default 1)"
+    )
+    scale.add_argument(
+        "--autoscale", metavar="MIN,MAX", help="with --engine ray: let Ray Serve scale MIN..MAX replicas"
+    )
     p.set_defaults(func=cmd_serve)
 
 
@@ -220,4 +229,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from joules.settings import load_settings
 
     config = config_from_args(args)
-    return run_server(config, registry=Registry(load_settings(**pricing_overrides(args))))
+    settings = load_settings(**pricing_overrides(args))
+    if args.engine == "ray":
+        return _serve_on_ray(args, config, settings)
+    if args.address or args.replicas or args.autoscale:
+        raise ConfigError("--address, --replicas and --autoscale only apply with --engine ray; add --engine ray")
+    return run_server(config, registry=Registry(settings))
+
+
+def _serve_on_ray(args: argparse.Namespace, config: ServeConfig, settings: Any) -> int:
+    from joules.serve.ray.online import RayServeOptions, parse_autoscale, run_ray_server
+
+    if args.tensor_parallel is not None:  # ParallelOptions refuses it too; say it before Ray starts
+        raise ConfigError("--engine ray does not run --tensor-parallel models yet; serve them without --engine ray")
+    options = RayServeOptions(
+        place=ray_place(args),
+        replicas=args.replicas or 1,
+        autoscale=parse_autoscale(args.autoscale) if args.autoscale else None,
+    )
+    return run_ray_server(config, settings, options)

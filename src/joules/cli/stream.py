@@ -37,6 +37,13 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--sink", help="redis://HOST:PORT/STREAM for verdicts (with a Redis source); - for stdout")
     p.add_argument("--group", help="consumer group (default: the model's name)")
     p.add_argument("--consumer", help="this consumer's name in the group (default: HOST-PID)")
+    p.add_argument(
+        "--consumers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N consumer processes of the group from this command (Redis source; default 1)",
+    )
     d = partial(default, StreamConfig)
     p.add_argument(
         "--batch-size", type=int, default=d("batch_size"), help="messages per micro-batch (default %(default)s)"
@@ -133,6 +140,8 @@ def config_from_args(args: argparse.Namespace) -> StreamConfig:
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
+    if args.consumers != 1:
+        return _stream_group(args)
     from joules.runtime import load_predictor
     from joules.serve.stream import StreamOptions, plan_endpoints, run_stream
 
@@ -183,6 +192,19 @@ def _generation_stream(args: argparse.Namespace, found: Any, plan: Any, config: 
         return run_generation_stream(engine, settings, plan, config, options)
     finally:
         engine.close()
+
+
+def _stream_group(args: argparse.Namespace) -> int:
+    from joules.errors import ConfigError
+    from joules.serve.stream.group import GroupPlan, member_argv, run_group
+
+    if args.consumers < 1:
+        raise ConfigError(f"--consumers must be >= 1, got {args.consumers}")
+    if not args.source.startswith("redis://"):
+        raise ConfigError("--consumers N needs a Redis source (one group, N consumers); stdin has one reader")
+    argv = sys.argv[sys.argv.index("stream") :]  # the flags as given, for each consumer
+    plan = GroupPlan(consumers=args.consumers, argv=tuple(member_argv(argv, i) for i in range(args.consumers)))
+    return run_group(plan)
 
 
 def cmd_publish(args: argparse.Namespace) -> int:

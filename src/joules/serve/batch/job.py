@@ -21,7 +21,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -254,8 +254,8 @@ class BatchJob:
             mininterval=0.5,
         )
         try:
-            for chunk in self._chunks(state["rows_done"]):
-                out_rows, err_rows = self._judge(chunk, state)
+            for chunk, results in self._scored_chunks(state["rows_done"]):
+                out_rows, err_rows = self._judge(chunk, results, state)
                 writer.write(out_rows)
                 errors.write(err_rows)
                 s.processed += len(out_rows)
@@ -271,10 +271,18 @@ class BatchJob:
         state["status"] = "finalizing"
         self._save_checkpoint(state)
 
-    def _judge(self, chunk: list[Row], state: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    def _scored_chunks(self, skip: int) -> Iterator[tuple[list[Row], Sequence[Prediction | Exception]]]:
+        """Each chunk of rows from the ``skip``-th on, in input order, with the results of its readable rows
+        (``Predictor.predict_rows``, in the rows' order). Another engine (``serve/ray/batch.py``) scores
+        elsewhere and keeps everything else: the files, the checkpoints, the rows written."""
+        for chunk in self._chunks(skip):
+            yield chunk, self.predictor.predict_rows([r.fields or {} for r in chunk if r.error is None])
+
+    def _judge(
+        self, chunk: list[Row], results: Sequence[Prediction | Exception], state: dict[str, Any]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Output rows and error rows of a chunk; the tallies go into ``state``."""
         readable = [r for r in chunk if r.error is None]
-        results = self.predictor.predict_rows([r.fields or {} for r in readable])
         found: dict[int, Prediction | Exception] = {r.index: res for r, res in zip(readable, results, strict=True)}
         out_rows: list[dict[str, Any]] = []
         err_rows: list[dict[str, Any]] = []

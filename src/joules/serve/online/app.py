@@ -80,6 +80,12 @@ class OnlineServer:
             await asyncio.gather(self._loader, return_exceptions=True)
             await self.repo.close()
 
+    async def wait_loaded(self) -> None:
+        """Wait for the first load, started by the lifespan, to end (``on_fatal`` has heard of a failure): for a
+        host that must not route requests to a server before its models are in (Ray Serve replicas)."""
+        if self._loader is not None:
+            await asyncio.shield(self._loader)
+
     async def _load(self) -> None:
         try:
             await self.repo.start()
