@@ -23,7 +23,8 @@ unchanged; each is measured the same way on the engine's decoder:
   of a fresh process whose engine serves the variant's bundle to 16 streams
   (which also proves the engine serves it).
 
-The fastest variant (one-stream tokens/s) whose agreement is at least
+The fastest variant (one-stream tokens/s; the smallest with ``objective``
+"size") whose agreement is at least
 ``min_agreement`` and whose perplexity grew by at most ``max_ppl_increase``
 is registered as a new version (the original wins when none qualifies), with
 the pass, its settings and the figures in its lineage; variants outside the
@@ -124,6 +125,7 @@ class DecoderOptimizeConfig:
     threads: int = 2
     rounds: int = 3  # interleaved speed rounds; each variant's median is reported
     memory_probe: bool = True  # serve each bundle in a fresh process and record its peak memory
+    objective: str = "speed"  # the winner within budget: "speed" (one-stream tokens/s) or "size" (model MB)
     promote: bool = False
 
     def __post_init__(self) -> None:
@@ -138,6 +140,8 @@ class DecoderOptimizeConfig:
             raise ConfigError(f"max_ppl_increase must be >= 0, got {self.max_ppl_increase}")
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
             raise ConfigError(f"threads must be a whole number >= 1, got {self.threads!r}")
+        if self.objective not in ("speed", "size"):
+            raise ConfigError(f"objective must be 'speed' or 'size', got {self.objective!r}")
         if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
             raise ConfigError(f"rounds must be a whole number >= 1, got {self.rounds!r}")
 
@@ -377,13 +381,19 @@ def optimize_decoder(
                 except OptimizeError as e:
                     reports[name].extra["serve_error"] = str(e)
                     continue
+                reports[name].extra["served_tokens"] = mem["tokens"]
                 reports[name].peak_rss_mb = mem["peak_rss_mb"]
                 reports[name].resident_mb = mem["model_mb"]
         base = reports[FLOAT32]
         for r in reports.values():
             r.verdict = _verdict(r, base, config)
         eligible = [r for r in reports.values() if r.verdict == "within budget"]
-        winner = max(eligible, key=lambda r: r.tokens_per_s_1) if eligible else base
+        if not eligible:
+            winner = base
+        elif config.objective == "size":
+            winner = min(eligible, key=lambda r: r.model_mb)
+        else:
+            winner = max(eligible, key=lambda r: r.tokens_per_s_1)
         chosen = None
         if winner.name != FLOAT32:
             chosen = _register(registry, bundles[winner.name], mv.name, winner, directory, config)
@@ -401,6 +411,7 @@ def optimize_decoder(
         "new_tokens": NEW_TOKENS,
         "threads": config.threads,
         "rounds": config.rounds,
+        "objective": config.objective,
         "variants": [_finite(asdict(r)) for r in reports.values()],
         "failed": failed,
         "winner": winner.name,
