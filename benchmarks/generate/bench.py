@@ -72,15 +72,33 @@ def peak_rss_mb() -> float:
 
 
 def run_joules(args: argparse.Namespace) -> dict[str, Any]:
+    import tempfile
+
     from joules.registry import Registry
-    from joules.runtime.executor import RuntimeOptions
-    from joules.runtime.generation import EngineConfig, GenerationRequest, SamplingParams, engine_from_bundle
     from joules.settings import load_settings
 
     settings = load_settings()
     registry = Registry(settings)
     mv = registry.get(args.model)
     bundle = registry.load(f"{mv.name}:{mv.version}")
+    variant = args.system.partition(":")[2]
+    if not variant:
+        return _run_joules(args, bundle, settings)
+    from joules.optimize.decoder import VARIANTS, _variant_bundle
+
+    if variant not in VARIANTS:
+        raise SystemExit(f"unknown joules variant {variant!r}; choose among {list(VARIANTS)}")
+    with tempfile.TemporaryDirectory(prefix="bench-generate-") as tmp:
+        quantized, _ = _variant_bundle(bundle, Path(tmp) / variant, variant, VARIANTS[variant], mv.ref)
+        result = _run_joules(args, quantized, settings)
+    result["system"] = args.system
+    return result
+
+
+def _run_joules(args: argparse.Namespace, bundle: Any, settings: Any) -> dict[str, Any]:
+    from joules.runtime.executor import RuntimeOptions
+    from joules.runtime.generation import EngineConfig, GenerationRequest, SamplingParams, engine_from_bundle
+
     max_c = max(args.concurrency)
     # No prefix cache: every request repeats the same prompt, and the peers recompute it each time.
     config = EngineConfig(max_model_len=512, max_num_seqs=max(64, max_c), max_waiting=1024, prefix_cache_slots=0)
@@ -355,28 +373,70 @@ def run_llamacpp(args: argparse.Namespace) -> dict[str, Any]:
 RUNNERS = {"joules": run_joules, "transformers": run_transformers, "llama.cpp": run_llamacpp}
 
 
+def _level(r: dict[str, Any] | None, streams: int) -> float | None:
+    lv = next((lv for lv in (r or {}).get("levels", []) if lv["streams"] == streams), None)
+    return lv["tokens_per_s"] if lv else None
+
+
+def targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's targets (issue 13, Benchmark), each with the two figures compared and whether it is met."""
+    by = {r["system"]: r for r in results}
+    fp32 = by.get("joules")
+    four = next((r for name, r in by.items() if name.startswith("joules:int4")), None)
+    hf, llama = by.get("transformers"), by.get("llama.cpp")
+    out = []
+
+    def check(what: str, ours: float | None, theirs: float | None, factor: float) -> None:
+        ratio = ours / theirs if ours is not None and theirs else None
+        met = None if ratio is None else ratio >= factor
+        out.append({"target": what, "ours": ours, "theirs": theirs, "ratio": ratio, "needed": factor, "met": met})
+
+    one = lambda r: r["decode_tokens_per_s"] if r else None  # noqa: E731
+    check("one stream: joules float32 >= 3x transformers float32", one(fp32), one(hf), 3.0)
+    check("one stream: joules 4-bit >= 0.8x llama.cpp Q4_1", one(four), one(llama), 0.8)
+    check("16 streams: joules float32 >= 2x llama-server -np 16 (aggregate)", _level(fp32, 16), _level(llama, 16), 2.0)
+    check("16 streams: joules 4-bit >= 2x llama-server -np 16 (aggregate)", _level(four, 16), _level(llama, 16), 2.0)
+    check("16 streams: joules float32 >= 6x its own single stream", _level(fp32, 16), _level(fp32, 1), 6.0)
+    check("16 streams: joules 4-bit >= 6x its own single stream", _level(four, 16), _level(four, 1), 6.0)
+    return out
+
+
+def targets_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["target                                                              ours    theirs   ratio  needed  met"]
+    for t in rows:
+        f = lambda v: "       -" if v is None else f"{v:8.1f}"  # noqa: E731
+        ratio = "     -" if t["ratio"] is None else f"{t['ratio']:6.2f}"
+        met = "n/a" if t["met"] is None else ("yes" if t["met"] else "NO")
+        lines.append(f"{t['target']:<66} {f(t['ours'])}  {f(t['theirs'])}  {ratio}  {t['needed']:5.1f}  {met}")
+    return "\n".join(lines)
+
+
 def table(results: list[dict[str, Any]]) -> str:
-    lines = ["system         precision                      TTFT ms  1-stream tok/s  RSS MB"]
+    lines = ["system            precision                            TTFT ms  1-stream tok/s  RSS MB"]
     for r in results:
         lines.append(
-            f"{r['system']:<14} {r['precision']:<30} {r['ttft_s'] * 1000:7.0f}  {r['decode_tokens_per_s'] or 0:14.1f}"
+            f"{r['system']:<17} {r['precision']:<36} {r['ttft_s'] * 1000:7.0f}  {r['decode_tokens_per_s'] or 0:14.1f}"
             f"  {r['peak_rss_mb']:6.0f}"
         )
     lines.append("")
-    lines.append("system         streams  tokens/s  ITL p50 ms  ITL p99 ms  TTFT p50 s")
+    lines.append("system            streams  tokens/s  ITL p50 ms  ITL p99 ms  TTFT p50 s")
     for r in results:
         for lv in r["levels"]:
             p99 = f"{lv['itl_p99_ms']:10.1f}" if lv.get("itl_p99_ms") is not None else "         -"
             ttft = f"{lv['ttft_p50_s']:10.2f}" if lv.get("ttft_p50_s") is not None else "         -"
             rate = f"{lv['tokens_per_s']:8.1f}  {lv['itl_p50_ms']:10.1f}"
-            lines.append(f"{r['system']:<14} {lv['streams']:7d}  {rate}  {p99}  {ttft}")
+            lines.append(f"{r['system']:<17} {lv['streams']:7d}  {rate}  {p99}  {ttft}")
     return "\n".join(lines)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="chat", help="registered text-generation model (default chat)")
-    p.add_argument("--systems", default="joules,transformers", help="comma-separated: joules,transformers,llama.cpp")
+    p.add_argument(
+        "--systems",
+        default="joules,joules:int4-asym,transformers",
+        help="comma-separated: joules, joules:VARIANT (int8, int8-asym, int4, int4-asym), transformers, llama.cpp",
+    )
     p.add_argument("--system", help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--prompt-tokens", type=int, default=100)
@@ -389,7 +449,7 @@ def main() -> int:
     args = p.parse_args()
     args.concurrency = [int(x) for x in str(args.concurrency).split(",")]
     if args.system:
-        print(json.dumps(RUNNERS[args.system](args)), flush=True)
+        print(json.dumps(RUNNERS[args.system.partition(":")[0]](args)), flush=True)
         return 0
     results = []
     for name in args.systems.split(","):
@@ -401,10 +461,14 @@ def main() -> int:
             continue
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(f"{name}: done", file=sys.stderr, flush=True)
+    goals = targets(results)
     print(table(results))
-    print(json.dumps(results, indent=1))
+    print()
+    print(targets_table(goals))
+    out = {"threads": args.threads, "new_tokens": args.new_tokens, "results": results, "targets": goals}
+    print(json.dumps(out, indent=1))
     if args.out:
-        args.out.write_text(json.dumps(results, indent=1))
+        args.out.write_text(json.dumps(out, indent=1))
     return 0
 
 

@@ -44,7 +44,8 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument(
         "--passes",
         default=",".join(ALL_PASSES),
-        help=f"comma-separated passes (default: all: {','.join(ALL_PASSES)}; text-generation models: int8,int4)",
+        help=f"comma-separated passes (default: all: {','.join(ALL_PASSES)}; text-generation models: "
+        "int8,int8-asym,int4,int4-asym)",
     )
     p.add_argument("--preset", choices=sorted(PRESETS), default="standard", help="how hard each pass tries")
     p.add_argument("--budget-minutes", type=float, default=30.0, help="wall-clock budget of the run (default 30)")
@@ -91,10 +92,10 @@ def _is_generator(ref: str) -> bool:
 
 def cmd_optimize_decoder(args: argparse.Namespace) -> int:
     """Text-generation models: weight-only int8/int4 judged by a generation budget (optimize/decoder.py)."""
-    from joules.optimize.decoder import DecoderOptimizeConfig, optimize_decoder
+    from joules.optimize.decoder import VARIANTS, DecoderOptimizeConfig, optimize_decoder
     from joules.optimize.presets import ALL_PASSES
 
-    passes = args.passes.split(",") if args.passes != ",".join(ALL_PASSES) else ["int8", "int4"]
+    passes = args.passes.split(",") if args.passes != ",".join(ALL_PASSES) else list(VARIANTS)
     config = DecoderOptimizeConfig(
         variants=tuple(p.strip() for p in passes if p.strip()),
         min_agreement=args.min_agreement,
@@ -103,30 +104,36 @@ def cmd_optimize_decoder(args: argparse.Namespace) -> int:
     )
     with contextlib.redirect_stdout(sys.stderr):
         report = optimize_decoder(args.ref, config)
+    # As for classifiers: a pass that raised makes the exit status 1, the others are still reported.
+    code = 1 if report["failed"] else 0
     if args.json:
         print_json(report)
-        return 0
+        return code
     rows = [
         [
             v["name"],
             f"{v['agreement']:.3f}",
-            f"{v['perplexity']:.2f}",
+            "n/a" if v["perplexity"] is None else f"{v['perplexity']:.2f}",
             f"{v['tokens_per_s_1']:.1f}",
             f"{v['tokens_per_s_16']:.1f}",
             f"{v['model_mb']:.0f}",
+            "n/a" if v["peak_rss_mb"] is None else f"{v['peak_rss_mb']:.0f}",
             v["verdict"],
         ]
         for v in report["variants"]
     ]
-    print_table(rows, ["variant", "agreement", "perplexity", "tok/s (1)", "tok/s (16)", "model MB", "verdict"])
+    headers = ["variant", "agreement", "perplexity", "tok/s (1)", "tok/s (16)", "model MB", "peak RSS MB", "verdict"]
+    print_table(rows, headers)
+    for f in report["failed"]:
+        info(f"FAILED {f['name']}: {f['error']}")
     c = report["chosen"]
     print(
         f"registered {c['name']}:{c['version']} ({c['variant']}, stage {c['stage']})"
         if c
-        else "the float32 original stays: no variant is faster within the budget"
+        else "the float32 original stays: no variant within the budget is faster"
     )
     print(f"report: {report['paths']['markdown']}")
-    return 0
+    return code
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:

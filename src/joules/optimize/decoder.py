@@ -1,8 +1,11 @@
 """``joules optimize`` for text-generation models: weight-only int8 and int4, judged by a generation budget.
 
 Variants: the float32 original, and its MatMul weights (the output head
-included) quantized to 8 and to 4 bits (passes/weight_only.py). Each is
-measured the same way, one after the other, on the engine's decoder:
+included) quantized to 8 and to 4 bits in blocks of 32, symmetric (``int8``,
+``int4``) and with a zero point per block (``int8-asym``, ``int4-asym``):
+ONNX Runtime's ``MatMulNBits`` contrib operator for both widths
+(passes/weight_only.py). Each variant is a bundle the same engine serves
+unchanged; each is measured the same way on the engine's decoder:
 
 - **greedy-token agreement** with the float32 model over a fixed set of chat
   prompts: the original's greedy continuation (32 tokens, or to its end) is fed
@@ -14,42 +17,53 @@ measured the same way, one after the other, on the engine's decoder:
   *Alice's Adventures in Wonderland* (1865; public domain), a text no chat
   model was tuned to answer;
 - **decode tokens/s** of one stream and of 16 streams (CPU, the decoder as the
-  engine runs it), and **memory**: the model files and the resident growth
-  when the session is created.
+  engine runs it; every variant is timed in each of ``rounds`` interleaved
+  rounds and its median kept, so load from other processes falls on all of
+  them alike), and **memory**: the model files, and the peak resident memory
+  of a fresh process whose engine serves the variant's bundle to 16 streams
+  (which also proves the engine serves it).
 
-The fastest variant (one-stream tokens/s) whose agreement is at least
+The fastest variant (one-stream tokens/s; the smallest with ``objective``
+"size") whose agreement is at least
 ``min_agreement`` and whose perplexity grew by at most ``max_ppl_increase``
 is registered as a new version (the original wins when none qualifies), with
-the pass, its settings and the figures in its lineage, and a JSON + Markdown
-report is written to ``$JOULES_HOME/reports``.
+the pass, its settings and the figures in its lineage; variants outside the
+budget are not kept. ``report.json`` and ``report.md`` are written to
+``$JOULES_HOME/reports/optimize-<name>-<version>-<UTC time>/``, as for
+classifiers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
+import os
 import shutil
+import statistics
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from joules.bundle import Bundle
-from joules.errors import ConfigError, OptimizeError
+from joules.errors import ConfigError, JoulesError, OptimizeError
+from joules.optimize.memory import probe_generation
 from joules.optimize.passes.weight_only import WeightOnlyQuant
 from joules.registry import Registry, Stage
 from joules.runtime.executor import RuntimeOptions
 from joules.runtime.generation.decoder import StepSequence
 from joules.runtime.generation.onnx_decoder import OnnxDecoder, decoder_config
-from joules.settings import load_settings
 
 log = logging.getLogger("joules.optimize")
 
+# 16 chat prompts x 32 greedy tokens: 512 positions compared, so one changed token moves agreement by 0.2 %.
 PROMPTS = (
     "What is the capital of France? Answer in one sentence.",
     "Write a short poem about the sea.",
@@ -59,7 +73,16 @@ PROMPTS = (
     "Translate 'good morning' into Spanish and German.",
     "Why is the sky blue?",
     "Give me a name for a friendly robot.",
+    "What is 17 times 3?",
+    "Summarize the plot of Romeo and Juliet in two sentences.",
+    "Write a Python function that reverses a string.",
+    "What are the three states of matter?",
+    "Suggest a healthy breakfast.",
+    "Who wrote 'Pride and Prejudice'?",
+    "Describe a cat to someone who has never seen one.",
+    "What should I pack for a weekend of hiking?",
 )
+HELD_OUT_SOURCE = "Lewis Carroll, Alice's Adventures in Wonderland (1865), chapter 1, first paragraphs"
 HELD_OUT = (
     "Alice was beginning to get very tired of sitting by her sister on the bank, and of having nothing to do: "
     "once or twice she had peeped into the book her sister was reading, but it had no pictures or conversations "
@@ -76,26 +99,51 @@ HELD_OUT = (
     "in time to see it pop down a large rabbit-hole under the hedge."
 )
 NEW_TOKENS = 32
-VARIANTS = {"int8": WeightOnlyQuant(bits=8), "int4": WeightOnlyQuant(bits=4, symmetric=True)}
+OPERATOR = "com.microsoft MatMulNBits"
+# Symmetric: one scale per block of 32; asymmetric: a scale and a zero point (llama.cpp's Q4_1 is the latter).
+VARIANTS: dict[str, WeightOnlyQuant] = {
+    "int8": WeightOnlyQuant(bits=8, symmetric=True),
+    "int8-asym": WeightOnlyQuant(bits=8, symmetric=False),
+    "int4": WeightOnlyQuant(bits=4, symmetric=True),
+    "int4-asym": WeightOnlyQuant(bits=4, symmetric=False),
+}
+FLOAT32 = "float32"
+MEMORY_STREAMS = 16
+
+
+class DecoderPass(Protocol):
+    """Writes a variant of a decoder graph: ``src`` (+ external data) -> ``dst`` (+ ``dst.name``.data)."""
+
+    def write(self, src: Path, dst: Path) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True, kw_only=True)
 class DecoderOptimizeConfig:
-    variants: tuple[str, ...] = ("int8", "int4")
+    variants: tuple[str, ...] = tuple(VARIANTS)
     min_agreement: float = 0.95  # greedy-token agreement with float32 (teacher-forced)
     max_ppl_increase: float = 0.05  # relative: 0.05 = perplexity at most 5 % higher
     threads: int = 2
+    rounds: int = 3  # interleaved speed rounds; each variant's median is reported
+    memory_probe: bool = True  # serve each bundle in a fresh process and record its peak memory
+    objective: str = "speed"  # the winner within budget: "speed" (one-stream tokens/s) or "size" (model MB)
     promote: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "variants", tuple(self.variants))
-        unknown = [v for v in self.variants if v not in VARIANTS]
-        if unknown:
-            raise ConfigError(f"unknown decoder passes {unknown}; choose among {sorted(VARIANTS)}")
+        if not self.variants:
+            raise ConfigError(f"name at least one decoder pass; choose among {list(VARIANTS)}")
+        if len(set(self.variants)) != len(self.variants) or FLOAT32 in self.variants:
+            raise ConfigError(f"decoder passes must be distinct and not {FLOAT32!r}, got {list(self.variants)}")
         if not 0 <= self.min_agreement <= 1:
             raise ConfigError(f"min_agreement must be in [0, 1], got {self.min_agreement}")
         if not (math.isfinite(self.max_ppl_increase) and self.max_ppl_increase >= 0):
             raise ConfigError(f"max_ppl_increase must be >= 0, got {self.max_ppl_increase}")
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
+            raise ConfigError(f"threads must be a whole number >= 1, got {self.threads!r}")
+        if self.objective not in ("speed", "size"):
+            raise ConfigError(f"objective must be 'speed' or 'size', got {self.objective!r}")
+        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
+            raise ConfigError(f"rounds must be a whole number >= 1, got {self.rounds!r}")
 
 
 @dataclass
@@ -108,14 +156,10 @@ class VariantReport:
     tokens_per_s_1: float = 0.0
     tokens_per_s_16: float = 0.0
     model_mb: float = 0.0
-    resident_mb: float = 0.0
+    peak_rss_mb: float | None = None  # a fresh process serving the bundle to 16 streams
+    resident_mb: float | None = None  # what loading the model and running them added to it
     verdict: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 1e6
 
 
 class _Judge:
@@ -128,7 +172,10 @@ class _Judge:
 
         spec = bundle.spec.generation
         if spec is None:
-            raise OptimizeError(f"{bundle.name!r} is not a text-generation model")
+            raise OptimizeError(
+                f"{bundle.name!r} is not a text-generation model; joules optimize judges decoders only "
+                "for bundles imported with `joules import FILE.gguf` or a causal LM directory"
+            )
         self.spec = spec
         self.tokenizer = Tokenizer.from_file(str(bundle.tokenizer_path))
         template = (bundle.path / spec.chat_template).read_text(encoding="utf-8") if spec.chat_template else None
@@ -143,10 +190,8 @@ class _Judge:
         )
         self.options = RuntimeOptions(intra_op_threads=threads, allow_spinning=True, spin_duration_us=100)
 
-    def open(self, model: Path) -> tuple[OnnxDecoder, float]:
-        before = _rss_mb()
-        dec = OnnxDecoder(model, decoder_config(self.spec, self.max_len), 16, self.options)
-        return dec, _rss_mb() - before
+    def open(self, model: Path) -> OnnxDecoder:
+        return OnnxDecoder(model, decoder_config(self.spec, self.max_len), 16, self.options)
 
     def greedy(self, dec: OnnxDecoder) -> list[list[int]]:
         eos = set(self.spec.eos_token_ids)
@@ -164,27 +209,36 @@ class _Judge:
         return outs
 
     def agreement(self, dec: OnnxDecoder, reference: list[list[int]]) -> tuple[float, float]:
+        """Teacher-forced: the share of the reference's positions where this decoder's greedy token is the same.
+
+        A row with a non-finite logit agrees nowhere (argmax would pick whatever NaN compares to).
+        """
         hits = total = 0
         firsts = []
         for p, ref in zip(self.prompts, reference, strict=True):
             seq = np.array(p + ref[:-1] if ref else p)
             rows = dec.step([StepSequence(slot=0, start=0, tokens=seq, all_logits=True)])[0][len(p) - 1 :]
             picks = rows.argmax(axis=1)
-            same = picks[: len(ref)] == np.array(ref)
+            same = (picks[: len(ref)] == np.array(ref)) & np.isfinite(rows[: len(ref)]).all(axis=1)
             hits += int(same.sum())
             total += len(ref)
             firsts.append(int(np.argmin(same)) if not same.all() else NEW_TOKENS)
         return hits / max(1, total), float(np.mean(firsts))
 
     def perplexity(self, dec: OnnxDecoder) -> float:
+        """exp(mean negative log-likelihood) of each held-out token given those before it; inf if not finite."""
         ids = np.array(self.held_out)
         logits = dec.step([StepSequence(slot=0, start=0, tokens=ids, all_logits=True)])[0][:-1].astype(np.float64)
+        if not np.isfinite(logits).all():
+            return math.inf
         m = logits.max(axis=1, keepdims=True)
-        lse = (m[:, 0] + np.log(np.exp(logits - m).sum(axis=1))).astype(np.float64)
+        lse = m[:, 0] + np.log(np.exp(logits - m).sum(axis=1))
         nll = lse - logits[np.arange(len(ids) - 1), ids[1:]]
-        return float(np.exp(nll.mean()))
+        with np.errstate(over="ignore"):
+            return float(np.exp(nll.mean()))
 
-    def speed(self, dec: OnnxDecoder, streams: int, steps: int = 24) -> float:
+    def speed(self, dec: OnnxDecoder, streams: int, steps: int) -> float:
+        """Decode tokens/s of ``streams`` sequences stepping together after the first prompt."""
         prompt = np.array(self.prompts[0])
         for s in range(streams):
             dec.step([StepSequence(slot=s, start=0, tokens=prompt)])
@@ -196,127 +250,247 @@ class _Judge:
         return streams * steps / (time.perf_counter() - t0)
 
 
-def optimize_decoder(ref: str, config: DecoderOptimizeConfig | None = None) -> dict[str, Any]:
-    """Build, judge and select weight-only variants of the text-generation model ``ref``; the report."""
+def _settings(p: DecoderPass) -> dict[str, Any]:
+    if dataclasses.is_dataclass(p) and not isinstance(p, type):
+        return {"pass": type(p).__name__, **asdict(p)}
+    return {"pass": type(p).__name__}
+
+
+def _files_mb(bundle: Path) -> float:
+    return sum(f.stat().st_size for f in bundle.iterdir() if f.name.startswith("model.onnx")) / 1e6
+
+
+def _variant_bundle(root: Bundle, out: Path, name: str, p: DecoderPass, parent: str) -> tuple[Bundle, dict[str, Any]]:
+    """A bundle beside the original's files whose decoder graph ``p`` wrote (unregistered)."""
+    # The Hugging Face weights describe the float32 original, not this graph: they stay with it.
+    weights = {root.spec.files.get(r) for r in ("weights", "weights_config")} - {None}
+    skip = {"model.onnx", "model.onnx.data", *weights}
+    shutil.copytree(root.path, out, ignore=lambda _d, names: [n for n in names if n in skip])
+    info = p.write(root.model_path, out / "model.onnx")
+    entry = {
+        "step": "optimize",
+        "parent": parent,
+        "pass": f"weight-only {name}",
+        "operator": OPERATOR,
+        "settings": _settings(p),
+        "written": info,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    files = {k: v for k, v in root.spec.files.items() if k not in ("weights", "weights_config")}
+    bundle = Bundle(out, root.spec).with_spec(lineage=(*root.spec.lineage, entry), files=files)
+    bundle.save()
+    return Bundle.load(out), info
+
+
+def _judge_all(
+    judge: _Judge, bundles: dict[str, Bundle], reports: dict[str, VariantReport], config: DecoderOptimizeConfig
+) -> None:
+    """Quality one model at a time, then speed in interleaved rounds with every decoder open."""
+    decoders: dict[str, OnnxDecoder] = {}
+    try:
+        reference: list[list[int]] = []
+        for name, bundle in bundles.items():
+            log.info("judging %s", name)
+            dec = decoders[name] = judge.open(bundle.model_path)
+            if name == FLOAT32:
+                reference = judge.greedy(dec)
+            r = reports[name]
+            r.agreement, r.first_divergence = judge.agreement(dec, reference)
+            r.perplexity = judge.perplexity(dec)
+            r.model_mb = _files_mb(bundle.path)
+        one: dict[str, list[float]] = {n: [] for n in decoders}
+        many: dict[str, list[float]] = {n: [] for n in decoders}
+        names = list(decoders)
+        for k in range(config.rounds):
+            log.info("speed round %d of %d", k + 1, config.rounds)
+            for name in names[k % len(names) :] + names[: k % len(names)]:  # a different one first each round
+                one[name].append(judge.speed(decoders[name], 1, steps=24))
+                many[name].append(judge.speed(decoders[name], 16, steps=6))
+        for name in names:
+            reports[name].tokens_per_s_1 = statistics.median(one[name])
+            reports[name].tokens_per_s_16 = statistics.median(many[name])
+            reports[name].extra["tokens_per_s_1_rounds"] = one[name]
+            reports[name].extra["tokens_per_s_16_rounds"] = many[name]
+    finally:
+        for dec in decoders.values():
+            dec.close()
+
+
+def _verdict(r: VariantReport, base: VariantReport, config: DecoderOptimizeConfig) -> str:
+    limit = base.perplexity * (1 + config.max_ppl_increase)
+    if r.extra.get("serve_error"):
+        return f"failed: {r.extra['serve_error']}"
+    if r.agreement < config.min_agreement:
+        return f"over budget: agreement {r.agreement:.3f} < {config.min_agreement}"
+    if not math.isfinite(r.perplexity):
+        return "over budget: perplexity not finite"
+    if r.perplexity > limit:
+        return f"over budget: perplexity {r.perplexity:.2f} > {limit:.2f}"
+    return "within budget"
+
+
+def optimize_decoder(
+    ref: str,
+    config: DecoderOptimizeConfig | None = None,
+    *,
+    registry: Registry | None = None,
+    passes: Mapping[str, DecoderPass] | None = None,
+) -> dict[str, Any]:
+    """Build, judge and select weight-only variants of the text-generation model ``ref``; the report.
+
+    ``passes`` adds (or replaces) named passes beside ``VARIANTS`` (tests inject a broken one).
+    """
+    from joules.optimize.report import machine, report_dir
+    from joules.optimize.run import WORKDIR_PREFIX, _clear_abandoned_workdirs
+
     config = config or DecoderOptimizeConfig()
-    settings = load_settings()
-    registry = Registry(settings)
+    known: dict[str, DecoderPass] = {**VARIANTS, **(passes or {})}
+    unknown = [v for v in config.variants if v not in known]
+    if unknown:
+        raise ConfigError(f"unknown decoder passes {unknown}; choose among {list(known)}")
+    registry = registry or Registry()
     mv = registry.get(ref)
-    root = registry.load(f"{mv.name}:{mv.version}")
+    root = registry.load(mv.ref)
     judge = _Judge(root, config.threads)
     started = time.monotonic()
-    reports: list[VariantReport] = []
-    with tempfile.TemporaryDirectory(prefix="joules-optimize-") as tmp:
-        work = Path(tmp)
-        models = {"float32": root.model_path}
+    when = datetime.now(UTC)
+    directory = report_dir(registry.settings.reports_dir, mv.ref, when)
+    reports: dict[str, VariantReport] = {FLOAT32: VariantReport(name=FLOAT32, settings={})}
+    failed: list[dict[str, Any]] = []
+    registry.home.mkdir(parents=True, exist_ok=True)
+    _clear_abandoned_workdirs(registry.home)
+    with tempfile.TemporaryDirectory(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-", dir=registry.home) as tmp:
+        bundles: dict[str, Bundle] = {FLOAT32: root}
         for name in config.variants:
-            out = work / name
-            out.mkdir()
             log.info("writing %s", name)
-            VARIANTS[name].write(root.model_path, out / "model.onnx")
-            models[name] = out / "model.onnx"
-        reference: list[list[int]] = []
-        for name, path in models.items():
-            log.info("judging %s", name)
-            dec, resident = judge.open(path)
             try:
-                if name == "float32":
-                    reference = judge.greedy(dec)
-                settings_ = asdict(VARIANTS[name]) if name in VARIANTS else {}
-                r = VariantReport(name=name, settings=settings_)
-                r.agreement, r.first_divergence = judge.agreement(dec, reference)
-                r.perplexity = judge.perplexity(dec)
-                r.tokens_per_s_1 = judge.speed(dec, 1)
-                r.tokens_per_s_16 = judge.speed(dec, 16, steps=6)
-                r.resident_mb = resident
-                r.model_mb = (
-                    sum(f.stat().st_size for f in path.parent.iterdir() if f.name.startswith("model.onnx")) / 1e6
-                )
-                reports.append(r)
-            finally:
-                dec.close()
-        base = reports[0]
-        limit = base.perplexity * (1 + config.max_ppl_increase)
-        for r in reports:
-            if r.agreement < config.min_agreement:
-                r.verdict = f"over budget: agreement {r.agreement:.3f} < {config.min_agreement}"
-            elif r.perplexity > limit:
-                r.verdict = f"over budget: perplexity {r.perplexity:.2f} > {limit:.2f}"
-            else:
-                r.verdict = "within budget"
-        eligible = [r for r in reports if r.verdict == "within budget"]
-        winner = max(eligible, key=lambda r: r.tokens_per_s_1) if eligible else base
+                bundles[name], info = _variant_bundle(root, Path(tmp) / name, name, known[name], mv.ref)
+            except JoulesError as e:  # one pass that does not apply must not lose the others
+                log.warning("%s: FAILED: %s", name, e)
+                failed.append({"name": name, "error": str(e)})
+                continue
+            reports[name] = VariantReport(
+                name=name, settings={**_settings(known[name]), "operator": OPERATOR}, extra={"written": info}
+            )
+        _judge_all(judge, bundles, reports, config)
+        if config.memory_probe:
+            for name, bundle in bundles.items():
+                log.info("serving %s in a fresh process (memory)", name)
+                try:
+                    mem = probe_generation(bundle.path, MEMORY_STREAMS, config.threads)
+                except OptimizeError as e:
+                    reports[name].extra["serve_error"] = str(e)
+                    continue
+                reports[name].extra["served_tokens"] = mem["tokens"]
+                reports[name].peak_rss_mb = mem["peak_rss_mb"]
+                reports[name].resident_mb = mem["model_mb"]
+        base = reports[FLOAT32]
+        for r in reports.values():
+            r.verdict = _verdict(r, base, config)
+        eligible = [r for r in reports.values() if r.verdict == "within budget"]
+        if not eligible:
+            winner = base
+        elif config.objective == "size":
+            winner = min(eligible, key=lambda r: r.model_mb)
+        else:
+            winner = max(eligible, key=lambda r: r.tokens_per_s_1)
         chosen = None
-        if winner.name != "float32":
-            chosen = _register(registry, root, mv.ref, models[winner.name], winner, config)
-    report = {
+        if winner.name != FLOAT32:
+            chosen = _register(registry, bundles[winner.name], mv.name, winner, directory, config)
+    report: dict[str, Any] = {
         "model": mv.ref,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "task": "text-generation",
+        "created_at": when.isoformat(timespec="seconds"),
+        "machine": machine(),
+        "onnxruntime": _ort_version(),
         "budget": {"min_agreement": config.min_agreement, "max_ppl_increase": config.max_ppl_increase},
-        "held_out_text": "Lewis Carroll, Alice's Adventures in Wonderland (1865), chapter 1, first paragraphs",
+        "agreement": "teacher-forced greedy-token agreement with float32 over the prompts' float32 continuations",
+        "held_out_text": HELD_OUT_SOURCE,
+        "held_out_tokens": len(judge.held_out),
         "prompts": list(PROMPTS),
         "new_tokens": NEW_TOKENS,
         "threads": config.threads,
-        "variants": [asdict(r) for r in reports],
+        "rounds": config.rounds,
+        "objective": config.objective,
+        "variants": [_finite(asdict(r)) for r in reports.values()],
+        "failed": failed,
         "winner": winner.name,
         "chosen": chosen,
-        "seconds": time.monotonic() - started,
+        "seconds": round(time.monotonic() - started, 1),
     }
-    report["paths"] = _write_report(settings.reports_dir, mv.name, report)
+    report["paths"] = _write_report(directory, report)
     return report
 
 
+def _ort_version() -> str:
+    import onnxruntime
+
+    return str(onnxruntime.__version__)
+
+
+def _finite(v: Any) -> Any:
+    """Strict JSON: a non-finite float (a broken variant's perplexity) is written as null."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_finite(x) for x in v]
+    return v
+
+
 def _register(
-    registry: Registry, root: Bundle, parent: str, model: Path, winner: VariantReport, config: DecoderOptimizeConfig
+    registry: Registry,
+    bundle: Bundle,
+    name: str,
+    winner: VariantReport,
+    directory: Path,
+    config: DecoderOptimizeConfig,
 ) -> dict[str, Any]:
-    name = parent.split(":")[0]
-    with tempfile.TemporaryDirectory(prefix="joules-decoder-") as tmp:
-        out = Path(tmp) / "bundle"
-        # The Hugging Face weights describe the float32 original, not this graph: they stay with it.
-        weights = {root.spec.files.get(r) for r in ("weights", "weights_config")} - {None}
-        skip = {"model.onnx", "model.onnx.data", *weights}
-        shutil.copytree(root.path, out, ignore=lambda _d, names: [n for n in names if n in skip])
-        for f in model.parent.iterdir():
-            shutil.copyfile(f, out / f.name)
-        entry = {
-            "step": "optimize",
-            "parent": parent,
-            "pass": f"weight-only {winner.name}",
-            "settings": winner.settings,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "metrics": {k: v for k, v in asdict(winner).items() if k not in ("name", "settings", "extra")},
-        }
-        files = {k: v for k, v in root.spec.files.items() if k not in ("weights", "weights_config")}
-        bundle = Bundle(out, root.spec).with_spec(lineage=(*root.spec.lineage, entry), files=files)
-        bundle.save()
-        mv = registry.register(bundle.path, name, stage=Stage.PRODUCTION if config.promote else Stage.NONE)
+    entry = dict(bundle.spec.lineage[-1])
+    entry["metrics"] = _finite({k: v for k, v in asdict(winner).items() if k not in ("name", "settings", "extra")})
+    entry["report"] = str(directory / "report.json")
+    bundle = bundle.with_spec(lineage=(*bundle.spec.lineage[:-1], entry))
+    bundle.save()
+    mv = registry.register(bundle.path, name, stage=Stage.PRODUCTION if config.promote else Stage.NONE)
     log.info("registered %s (%s, stage %s)", mv.ref, winner.name, mv.stage)
     return {"name": mv.name, "version": mv.version, "variant": winner.name, "stage": str(mv.stage)}
 
 
-def _write_report(directory: Path, name: str, report: dict[str, Any]) -> dict[str, str]:
+def _num(v: float | None, fmt: str) -> str:
+    return "n/a" if v is None else format(v, fmt)
+
+
+def _write_report(directory: Path, report: dict[str, Any]) -> dict[str, str]:
     directory.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    base = directory / f"optimize-{name}-{stamp}"
     rows = [
         "| variant | greedy agreement | first divergence | perplexity | tokens/s (1) | tokens/s (16) | model MB "
-        "| verdict |",
-        "|---|---|---|---|---|---|---|---|",
+        "| peak RSS MB | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for v in report["variants"]:
         rows.append(
             f"| {v['name']} | {v['agreement']:.3f} | {v['first_divergence']:.1f} / {NEW_TOKENS} | "
-            f"{v['perplexity']:.2f} | {v['tokens_per_s_1']:.1f} | {v['tokens_per_s_16']:.1f} | "
-            f"{v['model_mb']:.0f} | {v['verdict']} |"
+            f"{_num(v['perplexity'], '.2f')} | {v['tokens_per_s_1']:.1f} | {v['tokens_per_s_16']:.1f} | "
+            f"{v['model_mb']:.0f} | {_num(v['peak_rss_mb'], '.0f')} | {v['verdict']} |"
         )
+    failed = [f"- {f['name']}: FAILED: {f['error']}" for f in report["failed"]]
     md = "\n".join(
         [
-            f"# optimize {report['model']}",
+            f"# optimize {report['model']} (text generation)",
             "",
-            f"Budget: greedy-token agreement >= {report['budget']['min_agreement']}, perplexity at most "
-            f"{report['budget']['max_ppl_increase']:.0%} higher (held-out text: {report['held_out_text']}).",
+            f"Budget: greedy-token agreement >= {report['budget']['min_agreement']} ({report['agreement']}; "
+            f"{len(report['prompts'])} chat prompts x {NEW_TOKENS} tokens), perplexity at most "
+            f"{report['budget']['max_ppl_increase']:.0%} higher on held-out text ({report['held_out_text']}, "
+            f"{report['held_out_tokens']} tokens).",
+            "",
+            f"Weights: {OPERATOR} (ONNX Runtime {report['onnxruntime']}), blocks of 32 along the input dimension, "
+            "float32 scales; -asym adds a zero point per block. Speed: decode tokens/s of the decoder with "
+            f"{report['threads']} threads, median of {report['rounds']} interleaved rounds. Peak RSS: a fresh "
+            "process whose engine serves the bundle to 16 streams.",
             "",
             *rows,
+            *(["", *failed] if failed else []),
             "",
             f"Winner: {report['winner']}"
             + (
@@ -326,6 +500,6 @@ def _write_report(directory: Path, name: str, report: dict[str, Any]) -> dict[st
             ),
         ]
     )
-    base.with_suffix(".json").write_text(json.dumps(report, indent=1), encoding="utf-8")
-    base.with_suffix(".md").write_text(md + "\n", encoding="utf-8")
-    return {"json": str(base.with_suffix(".json")), "markdown": str(base.with_suffix(".md"))}
+    (directory / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False), encoding="utf-8")
+    (directory / "report.md").write_text(md + "\n", encoding="utf-8")
+    return {"json": str(directory / "report.json"), "markdown": str(directory / "report.md")}
