@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from joules.cli.common import add_parallel_options, default, parallel_options, runtime_options
+from joules.cli.common import add_parallel_options, parallel_options, runtime_options
 
 
 def add_generation_options(p: argparse.ArgumentParser) -> None:
     """Flags a command that can run a text-generation model takes (a classifier ignores them)."""
-    from joules.runtime.generation.scheduler import EngineConfig
+    from joules.runtime.limits import MAX_MODEL_LEN, MAX_NUM_SEQS
 
     g = p.add_argument_group("text-generation models (docs/generate.md)")
     g.add_argument("--max-tokens", type=int, default=256, help="most tokens per completion (default %(default)s)")
@@ -25,13 +25,13 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--max-model-len",
         type=int,
-        default=default(EngineConfig, "max_model_len"),
+        default=MAX_MODEL_LEN,
         help="longest prompt + completion (the model's context if shorter; default %(default)s)",
     )
     g.add_argument(
         "--max-num-seqs",
         type=int,
-        default=default(EngineConfig, "max_num_seqs"),
+        default=MAX_NUM_SEQS,
         help="completions decoded together (default %(default)s)",
     )
     add_parallel_options(p)

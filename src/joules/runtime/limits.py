@@ -25,3 +25,10 @@ WINDOW_ROWS = 2 * MAX_CALL_ROWS
 # Admission's bound on one text, in UTF-8 bytes, in every mode. Long texts are cut before
 # tokenizing (preprocess.py), so a 1 MiB text costs little; past the bound the row is refused.
 MAX_TEXT_BYTES = 1 << 20
+
+# Generative models. Longest prompt + completion a sequence may reach: the fp32 KV cache of SmolLM2 is about
+# 46 KB a token, so a full sequence holds about 94 MB (a model whose context is shorter uses its own).
+MAX_MODEL_LEN = 2048
+# Sequences decoded together by continuous batching (KV slots): batched steps reuse each weight for every
+# sequence, so aggregate tokens/s grows with it until the arithmetic, not the weights' bandwidth, binds.
+MAX_NUM_SEQS = 64

@@ -35,14 +35,15 @@ import numpy as np
 from joules.errors import ConfigError
 from joules.runtime.generation.decoder import Decoder
 from joules.runtime.generation.sequence import Sequence, Status
+from joules.runtime.limits import MAX_MODEL_LEN, MAX_NUM_SEQS
 
 
 @dataclass(frozen=True, kw_only=True)
 class EngineConfig:
     """The engine's limits. Defaults suit SmolLM2-135M on a small CPU machine (docs/generate.md)."""
 
-    max_model_len: int = 2048  # longest prompt + completion
-    max_num_seqs: int = 64  # sequences running at once (KV slots)
+    max_model_len: int = MAX_MODEL_LEN  # longest prompt + completion
+    max_num_seqs: int = MAX_NUM_SEQS  # sequences running at once (KV slots)
     max_num_batched_tokens: int = 256  # tokens per step: decodes first, then prompt chunks
     max_waiting: int = 256  # requests queued beyond the running ones; past it, QueueFullError
     kv_cache_bytes: int = 2 << 30  # keys and values of running sequences and cached prefixes

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from joules.errors import ConfigError
 from joules.runtime.batching import BatchingConfig
-from joules.runtime.limits import MAX_TEXT_BYTES
+from joules.runtime.limits import MAX_MODEL_LEN, MAX_NUM_SEQS, MAX_TEXT_BYTES
 from joules.runtime.options import RuntimeOptions
 from joules.serve.engines import ParallelOptions
 
@@ -80,8 +80,8 @@ class ServeConfig:
     max_text_bytes: int = MAX_TEXT_BYTES  # admission's bound on one text, as in every mode
     # Generative models (text-generation bundles): their engine's limits and how they are split.
     parallel: ParallelOptions = field(default_factory=ParallelOptions)
-    max_model_len: int = 2048  # longest prompt + completion (the model's context when that is shorter)
-    max_num_seqs: int = 64  # sequences decoded together (continuous batching)
+    max_model_len: int = MAX_MODEL_LEN  # longest prompt + completion (the model's context when that is shorter)
+    max_num_seqs: int = MAX_NUM_SEQS  # sequences decoded together (continuous batching)
     max_waiting_seqs: int = 256  # completions queued beyond the running ones; past it, 503 + Retry-After
 
     def __post_init__(self) -> None:
