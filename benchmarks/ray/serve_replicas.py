@@ -49,7 +49,18 @@ def measure(model: str, replicas: int, args: argparse.Namespace) -> dict:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
-        [*JOULES, "serve", model, "--engine", "ray", "--replicas", str(replicas), "--port", str(port)],
+        [
+            *JOULES,
+            "serve",
+            model,
+            "--engine",
+            "ray",
+            "--replicas",
+            str(replicas),
+            "--port",
+            str(port),
+            *args.serve_flag,
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -82,9 +93,25 @@ def main() -> int:
     p.add_argument("--replicas", default="1,2", help="replica counts to measure (default 1,2)")
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--duration", type=float, default=20)
+    p.add_argument(
+        "--serve-flag",
+        action="append",
+        default=[],
+        help="extra `joules serve` argument, repeat per word (e.g. --serve-flag=--timeout-ms --serve-flag=10000)",
+    )
     args = p.parse_args()
     runs = [measure(args.model, int(n), args) for n in args.replicas.split(",")]
-    print(json.dumps({"concurrency": args.concurrency, "duration_s": args.duration, "runs": runs}, indent=2))
+    print(
+        json.dumps(
+            {
+                "concurrency": args.concurrency,
+                "duration_s": args.duration,
+                "serve_flags": args.serve_flag,
+                "runs": runs,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

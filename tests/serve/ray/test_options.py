@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 
 from joules.errors import ConfigError
-from joules.serve.ray.batch import RayBatchOptions, pool_size
+from joules.meter import Cost
+from joules.runtime import Prediction
+from joules.serve.batch.job import model_failure_reason
+from joules.serve.ray.batch import (
+    RayBatchOptions,
+    decode_fields,
+    decode_result,
+    encode_fields,
+    encode_result,
+    pool_size,
+)
 from joules.serve.ray.cluster import RayPlace, job_env
 from joules.serve.ray.online import RayServeOptions, parse_autoscale
 
@@ -15,6 +25,26 @@ def test_pool_leaves_a_cpu_for_ray_datas_tasks() -> None:
     assert pool_size(8, None) == (7, 1)
     assert pool_size(1, None) == (1, 1)
     assert pool_size(8, 2) == (2, 4)
+
+
+def test_rows_and_results_travel_as_json_not_pickles() -> None:
+    """What the driver sends an actor and gets back is JSON text that round-trips exactly: undecodable text
+    (lone surrogates), raw bytes (an e-mail, an image), a NaN admission must still refuse; a scored row with its
+    cost; a model failure as the failed row the local engine writes. A pickle header would fail ``json.loads``."""
+    fields = {"text": "caf\udce9", "email": b"\xff\x00From: a", "x": float("nan"), "n": 3, "none": None}
+    wire = encode_fields(fields)
+    assert isinstance(wire, str) and not wire.startswith("\x80")
+    back = decode_fields(wire)
+    assert back["text"] == "caf\udce9" and back["email"] == b"\xff\x00From: a" and back["n"] == 3
+    assert back["x"] != back["x"] and back["none"] is None
+    p = Prediction(
+        label="spam", probabilities={"ham": 0.25, "spam": 0.75}, action="move", cost=Cost(energy_j=0.5, how="m")
+    )
+    assert decode_result(encode_result(p)) == p
+    failed = decode_result(encode_result(ValueError("shape (3,) vs (2,)")))
+    assert failed.error == model_failure_reason(ValueError("shape (3,) vs (2,)")) and failed.cost.is_zero
+    with pytest.raises(TypeError, match="object"):
+        encode_fields({"x": object()})
 
 
 @pytest.mark.parametrize(

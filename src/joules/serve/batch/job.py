@@ -323,7 +323,12 @@ def _reason(result: Prediction | Exception | None) -> str | None:
         return result.error
     if result is None:
         return "not scored"
-    return f"the model failed on this row: {type(result).__name__}: {result}"
+    return model_failure_reason(result)
+
+
+def model_failure_reason(exc: BaseException) -> str:
+    """The reason of a row whose model call failed (``runtime.isolate`` returned the exception)."""
+    return f"the model failed on this row: {type(exc).__name__}: {exc}"
 
 
 def run_batch(predictor: Predictor, config: BatchConfig) -> BatchSummary:

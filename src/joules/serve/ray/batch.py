@@ -23,19 +23,21 @@ Crash safety, the same files as the local engine:
 
 from __future__ import annotations
 
+import base64
+import json
 import math
-import pickle
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from joules.errors import ConfigError
+from joules.meter import Cost
 from joules.runtime import Prediction, Predictor
 from joules.runtime.options import RuntimeOptions
 from joules.serve.batch.config import BatchConfig
 from joules.serve.batch.io import Row, read_rows
-from joules.serve.batch.job import BatchJob, BatchSummary
+from joules.serve.batch.job import BatchJob, BatchSummary, model_failure_reason
 from joules.serve.ray.cluster import RayPlace, cluster_cpus, ray_session
 
 # Rows per block (one actor call, one checkpoint) unless --chunk-rows says otherwise: a block is also what
@@ -77,9 +79,10 @@ def pool_size(cpus: int, actors: int | None) -> tuple[int, int]:
 class Scorer:
     """One Ray Data actor: a Predictor loaded once, scoring blocks of rows.
 
-    Rows and results travel between the driver and the actors pickled (Ray pickles everything it moves;
-    these bytes never come from a file): a row's raw field values, a ``Prediction`` or the exception of a
-    row that failed the model call (``runtime/isolation.py``).
+    Rows and results travel between the driver and the actors as JSON text in Arrow string columns
+    (``encode_fields``/``decode_result``), never pickled by joules: a row's raw field values (bytes as
+    base64), and each result as a ``Prediction``'s fields; a row that failed the model call
+    (``runtime/isolation.py``) travels as a failed ``Prediction`` with the reason the local engine gives it.
     """
 
     def __init__(self, ref: str, rules_file: str | None, options: RuntimeOptions) -> None:
@@ -90,10 +93,9 @@ class Scorer:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
 
-        rows = [pickle.loads(b) for b in batch["fields"]]
+        rows = [decode_fields(str(t)) for t in batch["fields"]]
         results = self.predictor.predict_rows(rows)
-        out = np.empty(len(results), dtype=object)
-        out[:] = [pickle.dumps(r) for r in results]
+        out = np.array([encode_result(r) for r in results], dtype=object)
         return {"index": batch["index"], "result": out}
 
 
@@ -139,7 +141,7 @@ class RayBatchJob(BatchJob):
         readable = [r for r in segment if r.error is None]
         pos = 0
         if readable:
-            items = [{"index": r.index, "fields": pickle.dumps(r.fields or {})} for r in readable]
+            items = [{"index": r.index, "fields": encode_fields(r.fields or {})} for r in readable]
             context = ray.data.DataContext.get_current()
             context.execution_options.preserve_order = True
             context.enable_progress_bars = False  # the job has its own progress bar (--no-progress)
@@ -170,10 +172,55 @@ class RayBatchJob(BatchJob):
                         f"Ray returned rows {indices[:3]}... where rows {expected[:3]}... were due; "
                         "the job stops here and a re-run resumes from its last checkpoint"
                     )
-                yield chunk, [pickle.loads(b) for b in batch["result"]]
+                yield chunk, [decode_result(str(t)) for t in batch["result"]]
                 pos = end
         if pos < len(segment):  # rows after the last readable one: all unreadable
             yield segment[pos:], []
+
+
+_BYTES = "$bytes"  # {"$bytes": base64}: a binary field value (an e-mail or an image file) in JSON
+
+
+def _tag_bytes(value: object) -> object:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {_BYTES: base64.b64encode(bytes(value)).decode("ascii")}
+    raise TypeError(f"a batch field of type {type(value).__name__} cannot be sent to a Ray worker")
+
+
+def _untag_bytes(obj: dict[str, Any]) -> Any:
+    return base64.b64decode(obj[_BYTES]) if obj.keys() == {_BYTES} else obj
+
+
+def encode_fields(fields: dict[str, Any]) -> str:
+    """A row's raw field values as JSON text: strings (lone surrogates of undecodable input kept, as
+    ``\\udcxx`` escapes), numbers (NaN kept: admission refuses it with its reason), bytes tagged."""
+    return json.dumps(fields, default=_tag_bytes)
+
+
+def decode_fields(text: str) -> dict[str, Any]:
+    fields: dict[str, Any] = json.loads(text, object_hook=_untag_bytes)
+    return fields
+
+
+def encode_result(result: Prediction | Exception) -> str:
+    """One result as JSON text; a model failure becomes the failed row the local engine would write."""
+    p = result if isinstance(result, Prediction) else Prediction.failed(model_failure_reason(result))
+    return json.dumps(
+        {
+            "label": p.label,
+            "probabilities": None if p.probabilities is None else dict(p.probabilities),
+            "action": p.action,
+            "error": p.error,
+            "cost": {k: getattr(p.cost, k) for k in Cost.__dataclass_fields__},
+        }
+    )
+
+
+def decode_result(text: str) -> Prediction:
+    d = json.loads(text)
+    return Prediction(
+        label=d["label"], probabilities=d["probabilities"], action=d["action"], error=d["error"], cost=Cost(**d["cost"])
+    )
 
 
 def _with_threads(options: RuntimeOptions, threads: int) -> RuntimeOptions:
