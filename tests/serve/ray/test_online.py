@@ -60,3 +60,30 @@ def test_two_replicas_answer_tritonclient_and_v1_and_follow_a_promotion(
     assert server.metric("joules_requests_total") > 0  # /metrics: the answering replica's own counters
     assert server.stop() == 0, server.output()[-3000:]
     assert "stopping: draining the replicas" in server.output()
+
+
+def test_a_generative_model_on_ray_serve_streams_through_the_openai_client(
+    tmp_path: Path, tiny_llm_bundle: Path, start_server: Starter, ray_head: RayHead
+) -> None:
+    """The generative endpoints on a Ray Serve replica: the official client's chat completion, streamed (SSE
+    through Ray's proxy, chunk by chunk) and not, with usage; a bad request keeps its 400 and OpenAI's shape."""
+    import openai
+
+    from tests.serve.chat_models import chat_home
+
+    home = chat_home(tmp_path, tiny_llm_bundle)
+    server = start_server(home, "chat", "--engine", "ray", "--address", ray_head.address, "--replicas", "1")
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=120)
+    q = [{"role": "user", "content": "The capital of France is"}]
+    r = client.chat.completions.create(model="chat", messages=q, max_tokens=8, temperature=0)  # type: ignore[arg-type]
+    assert r.usage is not None and 0 < r.usage.completion_tokens <= 8
+    chunks = list(
+        client.chat.completions.create(model="chat", messages=q, max_tokens=8, temperature=0, stream=True)  # type: ignore[arg-type]
+    )
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert len(chunks) >= 3 and streamed == r.choices[0].message.content  # greedy: the same text both ways
+    try:
+        client.chat.completions.create(model="chat", messages=q, max_tokens=-1)  # type: ignore[arg-type]
+        raise AssertionError("max_tokens=-1 was accepted")
+    except openai.BadRequestError as e:
+        assert "max_tokens" in str(e)
