@@ -278,6 +278,7 @@ LONG = {"model": "chat", "prompt": "Once", "max_tokens": 480, "temperature": 0, 
 
 def test_disconnect_frees_the_slot_and_stops_the_work(slow_server: ServerProcess) -> None:
     s = slow_server
+    energy = s.metric("joules_energy_joules_total", model="chat")
     with httpx.stream("POST", s.url + "/v1/completions", json=LONG, timeout=60) as r:
         lines = r.iter_lines()
         for _ in range(6):
@@ -293,6 +294,12 @@ def test_disconnect_frees_the_slot_and_stops_the_work(slow_server: ServerProcess
     threading.Event().wait(0.5)
     assert s.metric("joules_llm_tokens_total", kind="completion") == done
     assert done < LONG["max_tokens"]  # type: ignore[operator]
+    # The tokens computed before the client left are priced: the aborted completion's cost is counted.
+    for _ in range(100):
+        if s.metric("joules_energy_joules_total", model="chat") > energy:
+            break
+        threading.Event().wait(0.05)  # polling a counter, bounded
+    assert s.metric("joules_energy_joules_total", model="chat") > energy
 
 
 def test_a_full_queue_is_503_with_retry_after(slow_server: ServerProcess) -> None:

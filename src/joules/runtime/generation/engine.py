@@ -617,13 +617,23 @@ class DeltaIterator(Iterator[GenerationDelta]):
 
 
 class GenerationStream(AsyncIterator[GenerationDelta]):
-    """The deltas of one submitted request, for ``async for``; ``aclose()`` (or cancellation) aborts it."""
+    """The deltas of one submitted request, for ``async for``; ``aclose()`` (or cancellation) aborts it.
+
+    ``on_last`` (when set) receives the request's last delta exactly once, whether the consumer read it or
+    left early: an aborted request's last delta (finish_reason "abort", with the cost of the tokens computed
+    before it left) is read from the queue by a task of its own, so a client that goes away mid-stream is
+    still priced.
+    """
+
+    ABANDONED_WAIT_S = 30.0  # how long a left stream waits for the engine's "abort" delta
 
     def __init__(self, engine: Engine, request_id: str, q: asyncio.Queue[GenerationDelta]) -> None:
         self.engine = engine
         self.request_id = request_id
         self._queue = q
         self._done = False
+        self.on_last: Callable[[GenerationDelta], None] | None = None
+        self._drain: asyncio.Task[None] | None = None
 
     def __aiter__(self) -> GenerationStream:
         return self
@@ -634,17 +644,40 @@ class GenerationStream(AsyncIterator[GenerationDelta]):
         try:
             d = await self._queue.get()
         except asyncio.CancelledError:
-            self.engine.abort(self.request_id)
-            self._done = True
+            self._abandon()
             raise
         if d.finished:
             self._done = True
+            self._last(d)
         return d
 
     async def aclose(self) -> None:
-        if not self._done:
-            self._done = True
-            self.engine.abort(self.request_id)
+        self._abandon()
+
+    def _abandon(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self.engine.abort(self.request_id)
+        if self.on_last is not None:
+            self._drain = asyncio.get_running_loop().create_task(self._read_last())
+
+    async def _read_last(self) -> None:
+        try:
+            async with asyncio.timeout(self.ABANDONED_WAIT_S):
+                while not (d := await self._queue.get()).finished:
+                    pass
+        except TimeoutError:
+            log.warning("request %s: no last delta %.0f s after it was aborted", self.request_id, self.ABANDONED_WAIT_S)
+            return
+        self._last(d)
+
+    def _last(self, d: GenerationDelta) -> None:
+        if self.on_last is not None:
+            try:
+                self.on_last(d)
+            except Exception:  # counting a cost must not fail the request that produced it
+                log.exception("request %s: on_last failed", self.request_id)
 
     async def result(self) -> GenerationResult:
         """Gather the whole completion."""

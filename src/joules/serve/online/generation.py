@@ -275,13 +275,16 @@ def check_finished(delta: GenerationDelta) -> None:
 async def stream_deltas(
     stream: GenerationStream, served: ServedGenerator, on_last: Callable[[GenerationDelta], None] | None = None
 ) -> AsyncIterator[GenerationDelta]:
-    """The deltas of ``stream``; the request is aborted if the consumer stops early (client gone)."""
+    """The deltas of ``stream``; the request is aborted if the consumer stops early (client gone).
+
+    Every completion's cost reaches the server's counters, an aborted one's too (the tokens it was given
+    before its client left were computed): the stream hands its last delta to ``served.count`` either way.
+    """
+    stream.on_last = lambda d: served.count(d.cost)
     try:
         async for d in stream:
-            if d.finished:
-                served.count(d.cost)
-                if on_last is not None:
-                    on_last(d)
+            if d.finished and on_last is not None:
+                on_last(d)
             yield d
     finally:
         await stream.aclose()
