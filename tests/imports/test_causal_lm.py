@@ -92,3 +92,29 @@ def test_unsupported_architecture_is_a_clear_error(tiny_llm_dir: Path, tmp_path:
 def test_rules_are_refused_for_a_generator(tiny_llm_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="decision rules"):
         import_model(tiny_llm_dir, "chat", Registry(Settings(home=tmp_path / "home")), rules={"default": "x"})
+
+
+def test_greedy_parity_holds_back_end_of_sequence_like_the_reference(tiny_llm_dir: Path, tmp_path: Path) -> None:
+    """The reference decodes exactly 32 tokens (transformers holds every end-of-sequence id back); the ONNX side
+    must hold them back too. Here the end-of-sequence token is the one greedy decoding picks first: without the
+    same rule the two continuations part at token 0 and the import is refused."""
+    import numpy as np
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import AutoModelForCausalLM
+
+    from joules.imports.causal_lm import PARITY_TEXTS, import_causal_lm_dir
+
+    src = Path(shutil.copytree(tiny_llm_dir, tmp_path / "src"))
+    ids = Tokenizer.from_file(str(src / "tokenizer.json")).encode(PARITY_TEXTS[0], add_special_tokens=False).ids
+    model = AutoModelForCausalLM.from_pretrained(str(src)).eval()
+    with torch.no_grad():
+        first = int(np.argmax(model(torch.tensor([ids])).logits[0, -1].numpy()))
+    for name in ("config.json", "generation_config.json"):
+        if (src / name).exists():
+            data = json.loads((src / name).read_text())
+            data["eos_token_id"] = first
+            (src / name).write_text(json.dumps(data))
+    bundle = import_causal_lm_dir(src, tmp_path / "out")
+    parity = bundle.spec.lineage[-1]["parity"]
+    assert parity["greedy_identical"] is True and parity["greedy_agree_tokens"] == 32

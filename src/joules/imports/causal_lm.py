@@ -266,12 +266,14 @@ def check_parity(model: Any, onnx_path: Path, spec: GenerationSpec, tokenizer: A
         decoder.step([StepSequence(slot=spare, start=0, tokens=np.array(ids[:cut]))])
         got = decoder.step([StepSequence(slot=spare, start=cut, tokens=np.array(ids[cut:]), all_logits=True)])[0]
         gap("chunked_prefill", got, torch_logits(ids)[cut:])
-        # Greedy continuation, token by token.
+        # Greedy continuation, token by token. The reference runs exactly GREEDY_TOKENS tokens, so it never
+        # picks an end-of-sequence token (``min_new_tokens``); the ONNX side leaves them out the same way.
+        eos = _eos_ids(model)
         ids = prompts[0]
         onnx_tokens: list[int] = []
         logits = decoder.step([StepSequence(slot=0, start=0, tokens=np.array(ids))])[0]
         for _ in range(GREEDY_TOKENS):
-            t = int(np.argmax(logits))
+            t = int(np.argmax(_without(logits, eos)))
             onnx_tokens.append(t)
             logits = decoder.step([StepSequence(slot=0, start=len(ids) + len(onnx_tokens) - 1, tokens=np.array([t]))])[
                 0
@@ -285,7 +287,7 @@ def check_parity(model: Any, onnx_path: Path, spec: GenerationSpec, tokenizer: A
         # order differs), not a difference of the graph.
         tie_margin = None
         if agree < GREEDY_TOKENS:
-            ref = torch_logits(ids + onnx_tokens[:agree])[-1]
+            ref = _without(torch_logits(ids + onnx_tokens[:agree])[-1], eos)
             tie_margin = float(ref[torch_tokens[agree]] - ref[onnx_tokens[agree]])
     finally:
         decoder.close()
@@ -307,24 +309,49 @@ def check_parity(model: Any, onnx_path: Path, spec: GenerationSpec, tokenizer: A
         )
     if tie_margin is not None and abs(tie_margin) > PARITY_TOLERANCE:
         raise BundleError(
-            f"the ONNX decoder's greedy continuation leaves PyTorch's at token {agree} of {GREEDY_TOKENS}, where "
-            f"PyTorch prefers its token by {tie_margin:.2e} in logits (more than a tie within {PARITY_TOLERANCE:g})"
+            f"the ONNX decoder's greedy continuation leaves PyTorch's at token {agree} of {GREEDY_TOKENS} (ONNX "
+            f"{onnx_tokens[agree]}, PyTorch {torch_tokens[agree]}), where PyTorch prefers its token by "
+            f"{tie_margin:.2e} in logits (more than a tie within {PARITY_TOLERANCE:g})"
         )
     return result
 
 
-def _torch_greedy(model: Any, ids: list[int], n: int) -> list[int]:
-    """transformers' own greedy decoding (its KV cache), exactly ``n`` tokens."""
-    import torch
+def _eos_ids(model: Any) -> list[int]:
+    """The end-of-sequence ids transformers' ``min_new_tokens`` holds back (the model's generation config)."""
+    e = getattr(model.generation_config, "eos_token_id", None)
+    if e is None:
+        e = model.config.eos_token_id
+    return [] if e is None else [int(e)] if isinstance(e, int) else [int(x) for x in e]
 
+
+def _without(logits: np.ndarray, ids: list[int]) -> np.ndarray:
+    """``logits`` with ``ids`` made impossible, as transformers' MinNewTokensLengthLogitsProcessor does."""
+    if not ids:
+        return logits
+    out = np.array(logits, copy=True)
+    out[[i for i in ids if i < out.shape[-1]]] = -np.inf
+    return out
+
+
+def _torch_greedy(model: Any, ids: list[int], n: int) -> list[int]:
+    """transformers' own greedy decoding (its KV cache), exactly ``n`` tokens: a generation config of its own,
+    so nothing of the model's (a repetition penalty, n-gram rules) changes the reference."""
+    import torch
+    from transformers import GenerationConfig
+
+    eos = _eos_ids(model)
+    config = GenerationConfig(
+        max_new_tokens=n,
+        min_new_tokens=n,
+        do_sample=False,
+        eos_token_id=eos or None,
+        pad_token_id=eos[0] if eos else 0,
+    )
     with torch.no_grad():
         out = model.generate(
             torch.tensor([ids], dtype=torch.long),
             attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-            max_new_tokens=n,
-            min_new_tokens=n,
-            do_sample=False,
-            pad_token_id=model.config.eos_token_id if isinstance(model.config.eos_token_id, int) else 0,
+            generation_config=config,
         )
     return [int(t) for t in out[0, len(ids) :]]
 
