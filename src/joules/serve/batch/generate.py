@@ -284,7 +284,7 @@ class GenerationBatchJob:
 
     def _request(self, row: Row) -> GenerationRequest:
         """The row's request, its prompt tokenized and checked against the context (InputError: an error row)."""
-        from joules.runtime.generation import GenerationRequest, SamplingParams
+        from joules.runtime.generation import SamplingParams, encoded_request
 
         fields = row.fields or {}
         prompt, messages = fields.get("prompt"), fields.get("messages")
@@ -299,23 +299,16 @@ class GenerationBatchJob:
             top_p=cfg.top_p,
             seed=None if cfg.seed is None else cfg.seed + row.index,
         )
-        if messages is None:
-            if not isinstance(prompt, str):
-                raise InputError(f"{cfg.prompt_column!r} must be a string, got {type(prompt).__name__}")
-            if not cfg.raw and self.engine.chat_template is not None:
-                messages = [{"role": "user", "content": prompt}]  # as `joules generate` sends it
-        if messages is not None:
-            request = GenerationRequest(messages=messages, params=params)
-        else:
-            request = GenerationRequest(prompt=prompt, params=params)
-        ids = self.engine.encode(request)
-        limit = self.engine.config.max_model_len
-        if len(ids) + cfg.max_tokens > limit:
-            raise InputError(
-                f"the prompt has {len(ids)} tokens + {cfg.max_tokens} to generate; the context holds {limit}: "
-                "shorten the prompt or lower --max-tokens"
-            )
-        return GenerationRequest(prompt_token_ids=ids, params=params, id=f"row-{row.index}")
+        if messages is None and not isinstance(prompt, str):
+            raise InputError(f"{cfg.prompt_column!r} must be a string, got {type(prompt).__name__}")
+        return encoded_request(
+            self.engine,
+            prompt=prompt,
+            messages=messages,
+            params=params,
+            raw=cfg.raw,
+            request_id=f"row-{row.index}",
+        )
 
     def _complete(
         self, chunk: list[Row], state: dict[str, Any], s: GenerationBatchSummary

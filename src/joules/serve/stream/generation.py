@@ -79,7 +79,7 @@ class GenerationConsumer(StreamConsumer):
         self._backoff = BACKOFF_S[0]
 
     def _request(self, m: Message) -> GenerationRequest:
-        from joules.runtime.generation import GenerationRequest, SamplingParams
+        from joules.runtime.generation import SamplingParams, encoded_request
 
         s = self.settings
         prompt, messages = m.fields.get(s.prompt_field), m.fields.get(s.messages_field)
@@ -95,23 +95,9 @@ class GenerationConsumer(StreamConsumer):
                 f"a message needs exactly one of {s.prompt_field!r} (text) or {s.messages_field!r} (a chat)"
             )
         params = SamplingParams(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed)
-        if messages is None:
-            if not isinstance(prompt, str) or any("\udc80" <= ch <= "\udcff" for ch in prompt):
-                raise InputError(f"{s.prompt_field!r} must be UTF-8 text")
-            if not s.raw and self.engine.chat_template is not None:
-                messages = [{"role": "user", "content": prompt}]  # as `joules generate` sends it
-        if messages is not None:
-            req = GenerationRequest(messages=messages, params=params)
-        else:
-            req = GenerationRequest(prompt=prompt, params=params)
-        ids = self.engine.encode(req)
-        limit = self.engine.config.max_model_len
-        if len(ids) + s.max_tokens > limit:
-            raise InputError(
-                f"the prompt has {len(ids)} tokens + {s.max_tokens} to generate; the context holds {limit}: "
-                "shorten the prompt or lower --max-tokens"
-            )
-        return GenerationRequest(prompt_token_ids=ids, params=params)
+        if messages is None and (not isinstance(prompt, str) or any("\udc80" <= ch <= "\udcff" for ch in prompt)):
+            raise InputError(f"{s.prompt_field!r} must be UTF-8 text")
+        return encoded_request(self.engine, prompt=prompt, messages=messages, params=params, raw=s.raw)
 
     def judge(self, batch: Sequence[Message]) -> tuple[list[Outcome], Cost, list[tuple[Message, str]]]:
         outcomes: dict[int, Outcome] = {}
