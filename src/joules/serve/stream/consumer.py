@@ -59,16 +59,22 @@ class StreamConsumer:
         metrics: StreamMetrics | None = None,
     ) -> None:
         self.predictor = predictor
-        self.source = source
-        self.sink = sink
-        self.cfg = config
-        self.metrics = metrics or StreamMetrics(model=predictor.ref, report_every_s=config.report_every_s)
+        self._attach(predictor.ref, source, sink, config, metrics)
         # Message field -> the model's field it feeds (a text model's may be renamed with --text-field).
         fields = predictor.fields
         if config.text_field is not None and len(fields) == 1:
             self._sources = {fields[0]: config.text_field}
         else:
             self._sources = {f: f for f in fields}
+
+    def _attach(
+        self, ref: str, source: Source, sink: Sink, config: StreamConfig, metrics: StreamMetrics | None
+    ) -> None:
+        """What every consumer holds, whatever judges its messages (``ref``: the model the metrics name)."""
+        self.source = source
+        self.sink = sink
+        self.cfg = config
+        self.metrics = metrics or StreamMetrics(model=ref, report_every_s=config.report_every_s)
         self._stop = threading.Event()
         self._backoff = BACKOFF_S[0]
 

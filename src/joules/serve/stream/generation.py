@@ -29,7 +29,7 @@ from joules.serve.stream.config import EndpointPlan, StreamConfig
 from joules.serve.stream.consumer import StreamConsumer
 from joules.serve.stream.messages import Message, Outcome, dead_letter, verdict
 from joules.serve.stream.metrics import StreamMetrics
-from joules.serve.stream.service import StreamOptions, open_endpoints, stop_on_signals
+from joules.serve.stream.service import StreamOptions, serve_consumer
 
 if TYPE_CHECKING:
     from joules.runtime.generation import Engine, GenerationRequest
@@ -69,14 +69,7 @@ class GenerationConsumer(StreamConsumer):
         self.engine = engine
         self.settings = settings
         self.ref = f"{engine.name}:{engine.version}"
-        self.source = source
-        self.sink = sink
-        self.cfg = config
-        self.metrics = metrics or StreamMetrics(model=self.ref, report_every_s=config.report_every_s)
-        self._stop = threading.Event()
-        from joules.serve.stream.consumer import BACKOFF_S
-
-        self._backoff = BACKOFF_S[0]
+        self._attach(self.ref, source, sink, config, metrics)
 
     def _request(self, m: Message) -> GenerationRequest:
         from joules.runtime.generation import SamplingParams, encoded_request
@@ -157,23 +150,11 @@ def run_generation_stream(
     stdout: IO[str] | None = None,
 ) -> StreamMetrics:
     """Complete every message until ``stop`` is set (or a signal comes, or stdin ends)."""
-    options = options or StreamOptions()
-    stop = stop or threading.Event()
-    source, sink = open_endpoints(plan, config, stdin=stdin, stdout=stdout)
+
+    def consumer(source: Source, sink: Sink, metrics: StreamMetrics) -> StreamConsumer:
+        return GenerationConsumer(engine, settings, source, sink, config, metrics)
+
     ref = f"{engine.name}:{engine.version}"
-    metrics = StreamMetrics(model=ref, report_every_s=config.report_every_s)
-    server = None
-    try:
-        if options.metrics_port is not None:
-            server = metrics.serve_prometheus(options.metrics_port, options.metrics_host)
-        log.info(
-            "completing %s with %s into %s, batches of %d", source.description, ref, sink.description, config.batch_size
-        )
-        with stop_on_signals(stop, options.handle_signals):
-            GenerationConsumer(engine, settings, source, sink, config, metrics).run(stop)
-    finally:
-        source.close()
-        sink.close()
-        if server is not None:
-            server.shutdown()
-    return metrics
+    return serve_consumer(
+        consumer, ref, plan, config, options, doing="completing", stop=stop, stdin=stdin, stdout=stdout
+    )
