@@ -261,18 +261,7 @@ class GenerationBatchJob:
                     {"row": r.index, **({"line": r.line} if r.line else {}), "id": r.id, "reason": reason or "not run"}
                 )
                 continue
-            out_rows.append(
-                {
-                    "id": r.id,
-                    "text": res.text,
-                    "finish_reason": res.finish_reason,
-                    "prompt_tokens": res.usage.prompt_tokens,
-                    "completion_tokens": res.usage.completion_tokens,
-                    "energy_j": res.cost.energy_j,
-                    "usd": res.cost.usd,
-                    "co2_g": res.cost.co2_g,
-                }
-            )
+            out_rows.append({"id": r.id, **res.fields()})
             state["prompt_tokens"] += res.usage.prompt_tokens
             state["completion_tokens"] += res.usage.completion_tokens
             s.new_tokens += res.usage.completion_tokens

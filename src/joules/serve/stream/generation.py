@@ -19,7 +19,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
 from joules.errors import EngineUnavailableError, InputError, JoulesError
 from joules.meter import Cost
@@ -123,15 +123,7 @@ class GenerationConsumer(StreamConsumer):
                     else:
                         retry.append((m, reason))
                     continue
-                completion: dict[str, Any] = {
-                    "text": res.text,
-                    "finish_reason": res.finish_reason,
-                    "prompt_tokens": res.usage.prompt_tokens,
-                    "completion_tokens": res.usage.completion_tokens,
-                    "energy_j": res.cost.energy_j,
-                    "usd": res.cost.usd,
-                    "co2_g": res.cost.co2_g,
-                }
+                completion = res.fields()
                 # The finish reason stands in for a label in the run's tallies.
                 result = Prediction(label=res.finish_reason, cost=res.cost)
                 outcomes[i] = verdict(m, result, self.ref, completion)
