@@ -96,15 +96,14 @@ class GenerationConsumer(StreamConsumer):
         outcomes: dict[int, Outcome] = {}
         todo: dict[int, GenerationRequest] = {}
         for i, m in enumerate(batch):
-            if m.problem is not None:
-                outcomes[i] = dead_letter(m, m.problem)
-            elif m.deliveries > self.cfg.max_attempts:
-                outcomes[i] = dead_letter(m, self._gave_up(m))
-            else:
-                try:
-                    todo[i] = self._request(m)
-                except JoulesError as e:
-                    outcomes[i] = dead_letter(m, str(e))
+            settled = self._unjudgeable(m)
+            if settled is not None:
+                outcomes[i] = settled
+                continue
+            try:
+                todo[i] = self._request(m)
+            except JoulesError as e:
+                outcomes[i] = dead_letter(m, str(e))
         retry: list[tuple[Message, str]] = []
         cost = Cost()
         if todo:
