@@ -24,10 +24,11 @@ from typing import Any
 import numpy as np
 import yaml
 
+from joules.apps.common import register_trained, train_summary
 from joules.bundle import Bundle, BundleSpec
 from joules.errors import BundleError, require
 from joules.quality import classification_metrics
-from joules.registry import Registry, Stage, validate_name
+from joules.registry import Registry, validate_name
 from joules.runtime import Predictor
 from joules.runtime.inputs import TabularConverter
 
@@ -189,15 +190,7 @@ def train_cancer(
         lineage["onnx_parity_max_abs"] = gap
         bundle = bundle.with_spec(metrics=metrics, lineage=(lineage,))
         bundle.save()
-        if promote is None:
-            promote = registry.production_version(name) is None
-        mv = registry.register(bundle.path, name, stage=Stage.PRODUCTION if promote else Stage.NONE)
-    return {
-        "name": mv.name,
-        "version": mv.version,
-        "stage": str(mv.stage),
-        "metrics": metrics,
-        "C": best_c,
-        "total_seconds": round(time.perf_counter() - started, 1),
-        "onnx_parity_max_abs": gap,
-    }
+        mv = register_trained(registry, bundle, name, promote)
+    return train_summary(
+        mv, metrics, C=best_c, total_seconds=round(time.perf_counter() - started, 1), onnx_parity_max_abs=gap
+    )

@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from joules.apps.common import register_trained, train_summary
 from joules.bundle import Bundle, BundleSpec, Preprocess
 from joules.errors import require
-from joules.registry import Registry, Stage, validate_name
+from joules.registry import Registry, validate_name
 from joules.runtime import Predictor
 from joules.runtime.inputs import ImageConverter
 
@@ -255,15 +256,11 @@ def train_digits(
         }
         bundle = Bundle.load(out).with_spec(metrics=metrics)
         bundle.save()
-        if promote is None:
-            promote = registry.production_version(name) is None
-        mv = registry.register(bundle.path, name, stage=Stage.PRODUCTION if promote else Stage.NONE)
-    return {
-        "name": mv.name,
-        "version": mv.version,
-        "stage": str(mv.stage),
-        "metrics": metrics,
-        "train_seconds": round(train_seconds, 1),
-        "total_seconds": round(time.perf_counter() - started, 1),
-        "onnx_parity_max_abs": gap,
-    }
+        mv = register_trained(registry, bundle, name, promote)
+    return train_summary(
+        mv,
+        metrics,
+        train_seconds=round(train_seconds, 1),
+        total_seconds=round(time.perf_counter() - started, 1),
+        onnx_parity_max_abs=gap,
+    )

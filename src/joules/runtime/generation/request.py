@@ -95,6 +95,18 @@ class GenerationResult:
     error: str | None = None
     stop_reason: str | int | None = None
 
+    def fields(self) -> dict[str, Any]:
+        """The completion as a batch output row and a stream verdict write it: text, why it ended, tokens, cost."""
+        return {
+            "text": self.text,
+            "finish_reason": self.finish_reason,
+            "prompt_tokens": self.usage.prompt_tokens,
+            "completion_tokens": self.usage.completion_tokens,
+            "energy_j": self.cost.energy_j,
+            "usd": self.cost.usd,
+            "co2_g": self.cost.co2_g,
+        }
+
     @classmethod
     def gather(cls, deltas: Sequence[GenerationDelta]) -> GenerationResult:
         last = deltas[-1] if deltas else None

@@ -76,6 +76,19 @@ class JobFiles:
             self.lock_file.unlink(missing_ok=True)  # still held here: no one can take it between
             os.close(fd)
 
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """The block of one run: the output's folder made, ``OUT.lock`` held, and a run that fails before its
+        first checkpoint leaves nothing behind."""
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        with self.lock():  # one run at a time per output
+            try:
+                yield
+            except BaseException:
+                if not self.checkpoint.exists():
+                    self.discard_partials()  # a failed start leaves nothing behind
+                raise
+
     def _acquire(self) -> int:
         while True:
             fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)

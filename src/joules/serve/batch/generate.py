@@ -20,9 +20,6 @@ Sampling is greedy unless ``temperature`` is given; with a ``seed``, row ``i`` s
 
 from __future__ import annotations
 
-import json
-import os
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,13 +28,13 @@ from typing import TYPE_CHECKING, Any
 
 from joules.errors import ConfigError, DataError, InputError, JoulesError
 from joules.meter import Cost, job_cost
+from joules.serve.batch import checkpoint
 from joules.serve.batch.files import JobFiles
-from joules.serve.batch.io import CsvWriter, JsonlWriter, ParquetWriter, ResultWriter, Row, detect_format, read_rows
+from joules.serve.batch.io import ResultWriter, Row, detect_format, read_rows, result_writer
 
 if TYPE_CHECKING:
     from joules.runtime.generation import Engine, GenerationRequest, GenerationResult
 
-CHECKPOINT_VERSION = 1
 COLUMNS = ["id", "text", "finish_reason", "prompt_tokens", "completion_tokens", "energy_j", "usd", "co2_g"]
 
 
@@ -114,11 +111,6 @@ class GenerationBatchSummary:
         }
 
 
-def _fingerprint(path: Path) -> dict[str, Any]:
-    st = path.stat()
-    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
 class GenerationBatchJob:
     def __init__(self, engine: Engine, config: GenerationBatchConfig) -> None:
         if not config.input.is_file():
@@ -139,49 +131,21 @@ class GenerationBatchJob:
     # -- checkpoint --------------------------------------------------------------------------------
 
     def _load_checkpoint(self) -> dict[str, Any] | None:
-        if self.cfg.overwrite:
-            self.files.discard_partials()
-            self.files.checkpoint.unlink(missing_ok=True)
-            return None
-        if self.files.checkpoint.exists():
-            try:
-                ckpt: dict[str, Any] = json.loads(self.files.checkpoint.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, OSError) as e:
-                raise DataError(
-                    f"checkpoint {str(self.files.checkpoint)!r} is unreadable ({e}); pass --overwrite to start over"
-                ) from e
-            if ckpt.get("input") != _fingerprint(self.cfg.input):
-                raise DataError(
-                    f"{str(self.cfg.output)!r} has a checkpoint from a run over a different or changed input; "
-                    "pass --overwrite to start over"
-                )
-            if ckpt.get("model") != self.ref or ckpt.get("params") != self.cfg.params():
-                raise DataError(
-                    f"the unfinished job at {str(self.cfg.output)!r} ran with {ckpt.get('model')} and "
-                    f"{ckpt.get('params')}, not {self.ref} and {self.cfg.params()}; resume it with the same "
-                    "model and flags, or pass --overwrite"
-                )
-            return ckpt
-        if self.cfg.output.exists():
-            raise DataError(f"output {str(self.cfg.output)!r} already exists; pass --overwrite to replace it")
-        return None
-
-    def _save_checkpoint(self, state: dict[str, Any]) -> None:
-        tmp = self.files.checkpoint.with_name(self.files.checkpoint.name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            json.dump(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.files.checkpoint)
+        ckpt = checkpoint.load(
+            self.files, overwrite=self.cfg.overwrite, fingerprint=lambda: checkpoint.input_fingerprint(self.cfg.input)
+        )
+        if ckpt is not None and (ckpt.get("model") != self.ref or ckpt.get("params") != self.cfg.params()):
+            raise DataError(
+                f"the unfinished job at {str(self.cfg.output)!r} ran with {ckpt.get('model')} and "
+                f"{ckpt.get('params')}, not {self.ref} and {self.cfg.params()}; resume it with the same "
+                "model and flags, or pass --overwrite"
+            )
+        return ckpt
 
     # -- run ---------------------------------------------------------------------------------------
 
     def _writer(self, position: int) -> ResultWriter:
-        if self.out_fmt == "csv":
-            return CsvWriter(self.files.partial, position, COLUMNS)
-        if self.out_fmt == "jsonl":
-            return JsonlWriter(self.files.partial, position)
-        return ParquetWriter(self.files.partial, position, COLUMNS)
+        return result_writer(self.out_fmt, self.files.partial, position, COLUMNS)
 
     def _chunks(self, skip: int) -> Iterator[list[Row]]:
         chunk: list[Row] = []
@@ -194,45 +158,25 @@ class GenerationBatchJob:
             yield chunk
 
     def run(self) -> GenerationBatchSummary:
-        self.cfg.output.parent.mkdir(parents=True, exist_ok=True)
-        with self.files.lock():
-            try:
-                return self._run()
-            except BaseException:
-                if not self.files.checkpoint.exists():
-                    self.files.discard_partials()
-                raise
+        with self.files.running():
+            return self._run()
 
     def _run(self) -> GenerationBatchSummary:
         started = time.perf_counter()
         ckpt = self._load_checkpoint()
         s = GenerationBatchSummary(model=self.ref, output=str(self.cfg.output), errors_file=str(self.files.errors))
-        state: dict[str, Any] = {
-            "version": CHECKPOINT_VERSION,
-            "input": _fingerprint(self.cfg.input),
-            "model": self.ref,
-            "params": self.cfg.params(),
-            "rows_done": 0,
-            "output_position": 0,
-            "errors_position": 0,
-            "completed": 0,
-            "errors": 0,
-            "prompt_tokens": 0,
-            "completion_tokens": 0,
-            "finish_reasons": {},
-            "energy_j": 0.0,
-            "cpu_s": 0.0,
-            "usd": 0.0,
-            "co2_g": 0.0,
-            "status": "running",
-        }
-        if ckpt is not None:
-            state.update(ckpt)
-            s.resumed_from = state["rows_done"]
-            print(f"resuming {self.cfg.output} after row {state['rows_done']:,}", file=sys.stderr)
-        if state["status"] == "running":
-            self._generate(state, s)
-        self._finalize(state)
+        state = checkpoint.initial_state(
+            fingerprint=checkpoint.input_fingerprint(self.cfg.input),
+            model=self.ref,
+            params=self.cfg.params(),
+            completed=0,
+            prompt_tokens=0,
+            completion_tokens=0,
+            finish_reasons={},
+        )
+        s.resumed_from, s.processed = checkpoint.run_to_end(
+            self.files, state, ckpt, self._writer, self._completed(state, s), progress=self.cfg.progress
+        )
         s.rows, s.completed, s.errors = state["rows_done"], state["completed"], state["errors"]
         s.prompt_tokens, s.completion_tokens = state["prompt_tokens"], state["completion_tokens"]
         s.finish_reasons = dict(state["finish_reasons"])
@@ -250,41 +194,16 @@ class GenerationBatchJob:
         s.cost["per_1m_completion_tokens"] = _per_million(total, s.completion_tokens)
         return s
 
-    def _generate(self, state: dict[str, Any], s: GenerationBatchSummary) -> None:
-        from tqdm import tqdm
-
-        writer = self._writer(state["output_position"])
-        errors = JsonlWriter(self.files.errors_partial, state["errors_position"])
-        bar = tqdm(
-            desc=f"batch {self.ref}",
-            unit=" rows",
-            initial=state["rows_done"],
-            file=sys.stderr,
-            disable=not self.cfg.progress,
-            dynamic_ncols=True,
-            mininterval=0.5,
-        )
-        try:
-            for chunk in self._chunks(state["rows_done"]):
-                out_rows, err_rows = self._complete(chunk, state, s)
-                writer.write(out_rows)
-                errors.write(err_rows)
-                s.processed += len(out_rows)
-                state["output_position"] = writer.commit()
-                state["errors_position"] = errors.commit()
-                state["rows_done"] = chunk[-1].index + 1
-                self._save_checkpoint(state)
-                bar.update(len(chunk))
-        finally:
-            bar.close()
-            writer.close()
-            errors.close()
-        state["status"] = "finalizing"
-        self._save_checkpoint(state)
+    def _completed(
+        self, state: dict[str, Any], s: GenerationBatchSummary
+    ) -> Iterator[tuple[list[Row], list[dict[str, Any]], list[dict[str, Any]]]]:
+        """Each chunk after the last one done, with its output rows and error rows."""
+        for chunk in self._chunks(state["rows_done"]):
+            yield chunk, *self._complete(chunk, state, s)
 
     def _request(self, row: Row) -> GenerationRequest:
         """The row's request, its prompt tokenized and checked against the context (InputError: an error row)."""
-        from joules.runtime.generation import GenerationRequest, SamplingParams
+        from joules.runtime.generation import SamplingParams, encoded_request
 
         fields = row.fields or {}
         prompt, messages = fields.get("prompt"), fields.get("messages")
@@ -299,23 +218,16 @@ class GenerationBatchJob:
             top_p=cfg.top_p,
             seed=None if cfg.seed is None else cfg.seed + row.index,
         )
-        if messages is None:
-            if not isinstance(prompt, str):
-                raise InputError(f"{cfg.prompt_column!r} must be a string, got {type(prompt).__name__}")
-            if not cfg.raw and self.engine.chat_template is not None:
-                messages = [{"role": "user", "content": prompt}]  # as `joules generate` sends it
-        if messages is not None:
-            request = GenerationRequest(messages=messages, params=params)
-        else:
-            request = GenerationRequest(prompt=prompt, params=params)
-        ids = self.engine.encode(request)
-        limit = self.engine.config.max_model_len
-        if len(ids) + cfg.max_tokens > limit:
-            raise InputError(
-                f"the prompt has {len(ids)} tokens + {cfg.max_tokens} to generate; the context holds {limit}: "
-                "shorten the prompt or lower --max-tokens"
-            )
-        return GenerationRequest(prompt_token_ids=ids, params=params, id=f"row-{row.index}")
+        if messages is None and not isinstance(prompt, str):
+            raise InputError(f"{cfg.prompt_column!r} must be a string, got {type(prompt).__name__}")
+        return encoded_request(
+            self.engine,
+            prompt=prompt,
+            messages=messages,
+            params=params,
+            raw=cfg.raw,
+            request_id=f"row-{row.index}",
+        )
 
     def _complete(
         self, chunk: list[Row], state: dict[str, Any], s: GenerationBatchSummary
@@ -349,18 +261,7 @@ class GenerationBatchJob:
                     {"row": r.index, **({"line": r.line} if r.line else {}), "id": r.id, "reason": reason or "not run"}
                 )
                 continue
-            out_rows.append(
-                {
-                    "id": r.id,
-                    "text": res.text,
-                    "finish_reason": res.finish_reason,
-                    "prompt_tokens": res.usage.prompt_tokens,
-                    "completion_tokens": res.usage.completion_tokens,
-                    "energy_j": res.cost.energy_j,
-                    "usd": res.cost.usd,
-                    "co2_g": res.cost.co2_g,
-                }
-            )
+            out_rows.append({"id": r.id, **res.fields()})
             state["prompt_tokens"] += res.usage.prompt_tokens
             state["completion_tokens"] += res.usage.completion_tokens
             s.new_tokens += res.usage.completion_tokens
@@ -368,16 +269,6 @@ class GenerationBatchJob:
         state["completed"] += len(out_rows)
         state["errors"] += len(err_rows)
         return out_rows, err_rows
-
-    def _finalize(self, state: dict[str, Any]) -> None:
-        """Move finished outputs into place; idempotent, so a kill here is finished by the next run."""
-        if self.files.partial.exists():
-            self._writer(state["output_position"]).finish(self.cfg.output)
-        if self.files.errors_partial.exists():
-            JsonlWriter(self.files.errors_partial, state["errors_position"]).finish(self.files.errors)
-        elif not self.files.errors.exists():
-            self.files.errors.touch()
-        self.files.checkpoint.unlink(missing_ok=True)
 
 
 def _per_million(total: Cost, tokens: int) -> dict[str, float]:

@@ -380,3 +380,12 @@ class ParquetWriter:
                 s.set(s.get_field_index(key), pa.field(key, pa.string())) if key in s.names else s for s in schemas
             ]
         return pa.unify_schemas(schemas, promote_options="permissive")
+
+
+def result_writer(fmt: str, path: Path, position: int, columns: list[str]) -> ResultWriter:
+    """The writer of output format ``fmt`` that appends to ``path`` from ``position`` on (see each writer)."""
+    if fmt == "csv":
+        return CsvWriter(path, position, columns)
+    if fmt == "jsonl":
+        return JsonlWriter(path, position)
+    return ParquetWriter(path, position, columns)

@@ -16,25 +16,21 @@ and the job goes on.
 
 from __future__ import annotations
 
-import json
-import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from joules.errors import DataError
 from joules.meter import Cost, job_cost
 from joules.runtime import Prediction, Predictor
+from joules.serve.batch import checkpoint
 from joules.serve.batch.config import BatchConfig
 from joules.serve.batch.files import JobFiles
-from joules.serve.batch.io import CsvWriter, JsonlWriter, ParquetWriter, ResultWriter, Row, detect_format, read_rows
+from joules.serve.batch.io import ResultWriter, Row, detect_format, read_rows, result_writer
 from joules.serve.batch.items import MAX_ITEM_CHUNK, item_fingerprint, item_format, read_item_rows
 
-CHECKPOINT_VERSION = 1
 FIRST_CHUNK, MIN_CHUNK, MAX_CHUNK = 256, 64, 8192
 
 
@@ -77,11 +73,6 @@ class BatchSummary:
         }
 
 
-def _fingerprint(path: Path) -> dict[str, Any]:
-    st = path.stat()
-    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
 class BatchJob:
     def __init__(self, predictor: Predictor, config: BatchConfig) -> None:
         if not (config.input.is_file() or config.input.is_dir()):
@@ -94,10 +85,6 @@ class BatchJob:
         self.out_fmt = detect_format(config.output, config.output_format)
         self.files = JobFiles.of(config.output, self.out_fmt)
         self.files.refuse_input(config.input)  # before anything is opened: it would be truncated or replaced
-        self.checkpoint_path = self.files.checkpoint
-        self.partial = self.files.partial
-        self.errors_final = self.files.errors
-        self.errors_partial = self.files.errors_partial
         self.columns = [config.id_column, "label", "action", *(f"prob_{c}" for c in predictor.labels)]
         # The input columns the model's fields are read from (a text model's may be renamed).
         fields = predictor.fields
@@ -109,62 +96,23 @@ class BatchJob:
     # -- checkpoint ------------------------------------------------------------------------------
 
     def _load_checkpoint(self) -> dict[str, Any] | None:
-        if self.cfg.overwrite:
-            self._discard()
-            return None
-        if self.checkpoint_path.exists():
-            try:
-                ckpt: dict[str, Any] = json.loads(self.checkpoint_path.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, OSError) as e:
-                raise DataError(
-                    f"checkpoint {str(self.checkpoint_path)!r} is unreadable ({e}); pass --overwrite to start over"
-                ) from e
-            if ckpt.get("input") != self._fingerprint():
-                raise DataError(
-                    f"{str(self.cfg.output)!r} has a checkpoint from a run over a different or changed input; "
-                    "pass --overwrite to start over"
-                )
-            if ckpt.get("model") != self.predictor.ref:
-                raise DataError(
-                    f"the unfinished job at {str(self.cfg.output)!r} was scored with {ckpt.get('model')}, not "
-                    f"{self.predictor.ref}; resume with `joules batch {ckpt.get('model')} ...` or pass --overwrite"
-                )
-            return ckpt
-        if self.cfg.output.exists():
-            raise DataError(f"output {str(self.cfg.output)!r} already exists; pass --overwrite to replace it")
-        return None
-
-    def _discard(self) -> None:
-        import shutil
-
-        for p in (self.checkpoint_path, self.errors_partial):
-            p.unlink(missing_ok=True)
-        if self.partial.is_dir():
-            shutil.rmtree(self.partial)
-        else:
-            self.partial.unlink(missing_ok=True)
-
-    def _save_checkpoint(self, state: dict[str, Any]) -> None:
-        tmp = self.checkpoint_path.with_name(self.checkpoint_path.name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            json.dump(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.checkpoint_path)
+        ckpt = checkpoint.load(self.files, overwrite=self.cfg.overwrite, fingerprint=self._fingerprint)
+        if ckpt is not None and ckpt.get("model") != self.predictor.ref:
+            raise DataError(
+                f"the unfinished job at {str(self.cfg.output)!r} was scored with {ckpt.get('model')}, not "
+                f"{self.predictor.ref}; resume with `joules batch {ckpt.get('model')} ...` or pass --overwrite"
+            )
+        return ckpt
 
     # -- run -------------------------------------------------------------------------------------
 
     def _writer(self, position: int) -> ResultWriter:
-        if self.out_fmt == "csv":
-            return CsvWriter(self.partial, position, self.columns)
-        if self.out_fmt == "jsonl":
-            return JsonlWriter(self.partial, position)
-        return ParquetWriter(self.partial, position, self.columns)
+        return result_writer(self.out_fmt, self.files.partial, position, self.columns)
 
     def _fingerprint(self) -> dict[str, Any]:
         if self.item_fmt is not None:
             return item_fingerprint(self.cfg.input, self.item_fmt)
-        return _fingerprint(self.cfg.input)
+        return checkpoint.input_fingerprint(self.cfg.input)
 
     def _rows(self, skip: int) -> Iterator[Row]:
         if self.item_fmt is None:
@@ -191,44 +139,24 @@ class BatchJob:
             yield chunk
 
     def run(self) -> BatchSummary:
-        self.cfg.output.parent.mkdir(parents=True, exist_ok=True)
-        with self.files.lock():  # one run at a time per output
-            try:
-                return self._run()
-            except BaseException:
-                if not self.checkpoint_path.exists():
-                    self.files.discard_partials()  # a failed start leaves nothing behind
-                raise
+        with self.files.running():
+            return self._run()
 
     def _run(self) -> BatchSummary:
         started = time.perf_counter()
         ckpt = self._load_checkpoint()
-        s = BatchSummary(model=self.predictor.ref, output=str(self.cfg.output), errors_file=str(self.errors_final))
-        state: dict[str, Any] = {
-            "version": CHECKPOINT_VERSION,
-            "input": self._fingerprint(),
-            "model": self.predictor.ref,
-            "columns": self.columns,
-            "rows_done": 0,
-            "output_position": 0,
-            "errors_position": 0,
-            "scored": 0,
-            "errors": 0,
-            "actions": {},
-            "labels": {},
-            "energy_j": 0.0,
-            "cpu_s": 0.0,
-            "usd": 0.0,
-            "co2_g": 0.0,
-            "status": "running",
-        }
-        if ckpt is not None:
-            state.update(ckpt)
-            s.resumed_from = state["rows_done"]
-            print(f"resuming {self.cfg.output} after row {state['rows_done']:,}", file=sys.stderr)
-        if state["status"] == "running":
-            self._score(state, s)
-        self._finalize(state)
+        s = BatchSummary(model=self.predictor.ref, output=str(self.cfg.output), errors_file=str(self.files.errors))
+        state = checkpoint.initial_state(
+            fingerprint=self._fingerprint(),
+            model=self.predictor.ref,
+            columns=self.columns,
+            scored=0,
+            actions={},
+            labels={},
+        )
+        s.resumed_from, s.processed = checkpoint.run_to_end(
+            self.files, state, ckpt, self._writer, self._judged(state), progress=self.cfg.progress
+        )
         s.rows, s.scored, s.errors = state["rows_done"], state["scored"], state["errors"]
         s.actions, s.labels = Counter(state["actions"]), Counter(state["labels"])
         s.energy_j, s.cpu_s, s.usd, s.co2_g = state["energy_j"], state["cpu_s"], state["usd"], state["co2_g"]
@@ -239,44 +167,17 @@ class BatchJob:
         s.cost = job_cost(total, s.scored)
         return s
 
-    def _score(self, state: dict[str, Any], s: BatchSummary) -> None:
-        from tqdm import tqdm
-
-        writer = self._writer(state["output_position"])
-        errors = JsonlWriter(self.errors_partial, state["errors_position"])
-        bar = tqdm(
-            desc=f"batch {self.predictor.ref}",
-            unit=" rows",
-            initial=state["rows_done"],
-            file=sys.stderr,
-            disable=not self.cfg.progress,
-            dynamic_ncols=True,
-            mininterval=0.5,
-        )
-        try:
-            for chunk, results in self._scored_chunks(state["rows_done"]):
-                out_rows, err_rows = self._judge(chunk, results, state)
-                writer.write(out_rows)
-                errors.write(err_rows)
-                s.processed += len(out_rows)
-                state["output_position"] = writer.commit()
-                state["errors_position"] = errors.commit()
-                state["rows_done"] = chunk[-1].index + 1
-                self._save_checkpoint(state)
-                bar.update(len(chunk))
-        finally:
-            bar.close()
-            writer.close()
-            errors.close()
-        state["status"] = "finalizing"
-        self._save_checkpoint(state)
-
     def _scored_chunks(self, skip: int) -> Iterator[tuple[list[Row], Sequence[Prediction | Exception]]]:
         """Each chunk of rows from the ``skip``-th on, in input order, with the results of its readable rows
         (``Predictor.predict_rows``, in the rows' order). Another engine (``serve/ray/batch.py``) scores
         elsewhere and keeps everything else: the files, the checkpoints, the rows written."""
         for chunk in self._chunks(skip):
             yield chunk, self.predictor.predict_rows([r.fields or {} for r in chunk if r.error is None])
+
+    def _judged(self, state: dict[str, Any]) -> Iterator[tuple[list[Row], list[dict[str, Any]], list[dict[str, Any]]]]:
+        """Each chunk after the last one done, with its output rows and error rows."""
+        for chunk, results in self._scored_chunks(state["rows_done"]):
+            yield chunk, *self._judge(chunk, results, state)
 
     def _judge(
         self, chunk: list[Row], results: Sequence[Prediction | Exception], state: dict[str, Any]
@@ -305,16 +206,6 @@ class BatchJob:
         state["scored"] += len(out_rows)
         state["errors"] += len(err_rows)
         return out_rows, err_rows
-
-    def _finalize(self, state: dict[str, Any]) -> None:
-        """Move finished outputs into place; idempotent, so a kill here is finished by the next run."""
-        if self.partial.exists():
-            self._writer(state["output_position"]).finish(self.cfg.output)
-        if self.errors_partial.exists():
-            JsonlWriter(self.errors_partial, state["errors_position"]).finish(self.errors_final)
-        elif not self.errors_final.exists():
-            self.errors_final.touch()
-        self.checkpoint_path.unlink(missing_ok=True)
 
 
 def _reason(result: Prediction | Exception | None) -> str | None:

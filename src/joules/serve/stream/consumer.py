@@ -59,16 +59,22 @@ class StreamConsumer:
         metrics: StreamMetrics | None = None,
     ) -> None:
         self.predictor = predictor
-        self.source = source
-        self.sink = sink
-        self.cfg = config
-        self.metrics = metrics or StreamMetrics(model=predictor.ref, report_every_s=config.report_every_s)
+        self._attach(predictor.ref, source, sink, config, metrics)
         # Message field -> the model's field it feeds (a text model's may be renamed with --text-field).
         fields = predictor.fields
         if config.text_field is not None and len(fields) == 1:
             self._sources = {fields[0]: config.text_field}
         else:
             self._sources = {f: f for f in fields}
+
+    def _attach(
+        self, ref: str, source: Source, sink: Sink, config: StreamConfig, metrics: StreamMetrics | None
+    ) -> None:
+        """What every consumer holds, whatever judges its messages (``ref``: the model the metrics name)."""
+        self.source = source
+        self.sink = sink
+        self.cfg = config
+        self.metrics = metrics or StreamMetrics(model=ref, report_every_s=config.report_every_s)
         self._stop = threading.Event()
         self._backoff = BACKOFF_S[0]
 
@@ -175,17 +181,16 @@ class StreamConsumer:
         todo: list[int] = []
         values = []
         for i, m in enumerate(batch):
-            if m.problem is not None:
-                outcomes[i] = dead_letter(m, m.problem)
-            elif m.deliveries > self.cfg.max_attempts:
-                outcomes[i] = dead_letter(m, self._gave_up(m))
-            else:
-                try:
-                    values.append(self.predictor.admit({f: m.fields.get(src) for f, src in self._sources.items()}))
-                except InputError as e:
-                    outcomes[i] = dead_letter(m, str(e))
-                    continue
-                todo.append(i)
+            settled = self._unjudgeable(m)
+            if settled is not None:
+                outcomes[i] = settled
+                continue
+            try:
+                values.append(self.predictor.admit({f: m.fields.get(src) for f, src in self._sources.items()}))
+            except InputError as e:
+                outcomes[i] = dead_letter(m, str(e))
+                continue
+            todo.append(i)
         retry: list[tuple[Message, str]] = []
         cost = Cost()
         results = self.predictor.predict_values(values) if values else []
@@ -210,6 +215,14 @@ class StreamConsumer:
                 else:
                     retry.append((m, _describe(result)))
         return [outcomes[i] for i in sorted(outcomes)], cost, retry
+
+    def _unjudgeable(self, m: Message) -> Outcome | None:
+        """The dead letter of a message that cannot be judged (unreadable, or delivered too often), else None."""
+        if m.problem is not None:
+            return dead_letter(m, m.problem)
+        if m.deliveries > self.cfg.max_attempts:
+            return dead_letter(m, self._gave_up(m))
+        return None
 
     def _gave_up(self, m: Message) -> str:
         tried = m.deliveries - 1

@@ -19,7 +19,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
 from joules.errors import EngineUnavailableError, InputError, JoulesError
 from joules.meter import Cost
@@ -29,7 +29,7 @@ from joules.serve.stream.config import EndpointPlan, StreamConfig
 from joules.serve.stream.consumer import StreamConsumer
 from joules.serve.stream.messages import Message, Outcome, dead_letter, verdict
 from joules.serve.stream.metrics import StreamMetrics
-from joules.serve.stream.service import StreamOptions, open_endpoints, stop_on_signals
+from joules.serve.stream.service import StreamOptions, serve_consumer
 
 if TYPE_CHECKING:
     from joules.runtime.generation import Engine, GenerationRequest
@@ -69,17 +69,10 @@ class GenerationConsumer(StreamConsumer):
         self.engine = engine
         self.settings = settings
         self.ref = f"{engine.name}:{engine.version}"
-        self.source = source
-        self.sink = sink
-        self.cfg = config
-        self.metrics = metrics or StreamMetrics(model=self.ref, report_every_s=config.report_every_s)
-        self._stop = threading.Event()
-        from joules.serve.stream.consumer import BACKOFF_S
-
-        self._backoff = BACKOFF_S[0]
+        self._attach(self.ref, source, sink, config, metrics)
 
     def _request(self, m: Message) -> GenerationRequest:
-        from joules.runtime.generation import GenerationRequest, SamplingParams
+        from joules.runtime.generation import SamplingParams, encoded_request
 
         s = self.settings
         prompt, messages = m.fields.get(s.prompt_field), m.fields.get(s.messages_field)
@@ -95,37 +88,22 @@ class GenerationConsumer(StreamConsumer):
                 f"a message needs exactly one of {s.prompt_field!r} (text) or {s.messages_field!r} (a chat)"
             )
         params = SamplingParams(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed)
-        if messages is None:
-            if not isinstance(prompt, str) or any("\udc80" <= ch <= "\udcff" for ch in prompt):
-                raise InputError(f"{s.prompt_field!r} must be UTF-8 text")
-            if not s.raw and self.engine.chat_template is not None:
-                messages = [{"role": "user", "content": prompt}]  # as `joules generate` sends it
-        if messages is not None:
-            req = GenerationRequest(messages=messages, params=params)
-        else:
-            req = GenerationRequest(prompt=prompt, params=params)
-        ids = self.engine.encode(req)
-        limit = self.engine.config.max_model_len
-        if len(ids) + s.max_tokens > limit:
-            raise InputError(
-                f"the prompt has {len(ids)} tokens + {s.max_tokens} to generate; the context holds {limit}: "
-                "shorten the prompt or lower --max-tokens"
-            )
-        return GenerationRequest(prompt_token_ids=ids, params=params)
+        if messages is None and (not isinstance(prompt, str) or any("\udc80" <= ch <= "\udcff" for ch in prompt)):
+            raise InputError(f"{s.prompt_field!r} must be UTF-8 text")
+        return encoded_request(self.engine, prompt=prompt, messages=messages, params=params, raw=s.raw)
 
     def judge(self, batch: Sequence[Message]) -> tuple[list[Outcome], Cost, list[tuple[Message, str]]]:
         outcomes: dict[int, Outcome] = {}
         todo: dict[int, GenerationRequest] = {}
         for i, m in enumerate(batch):
-            if m.problem is not None:
-                outcomes[i] = dead_letter(m, m.problem)
-            elif m.deliveries > self.cfg.max_attempts:
-                outcomes[i] = dead_letter(m, self._gave_up(m))
-            else:
-                try:
-                    todo[i] = self._request(m)
-                except JoulesError as e:
-                    outcomes[i] = dead_letter(m, str(e))
+            settled = self._unjudgeable(m)
+            if settled is not None:
+                outcomes[i] = settled
+                continue
+            try:
+                todo[i] = self._request(m)
+            except JoulesError as e:
+                outcomes[i] = dead_letter(m, str(e))
         retry: list[tuple[Message, str]] = []
         cost = Cost()
         if todo:
@@ -144,15 +122,7 @@ class GenerationConsumer(StreamConsumer):
                     else:
                         retry.append((m, reason))
                     continue
-                completion: dict[str, Any] = {
-                    "text": res.text,
-                    "finish_reason": res.finish_reason,
-                    "prompt_tokens": res.usage.prompt_tokens,
-                    "completion_tokens": res.usage.completion_tokens,
-                    "energy_j": res.cost.energy_j,
-                    "usd": res.cost.usd,
-                    "co2_g": res.cost.co2_g,
-                }
+                completion = res.fields()
                 # The finish reason stands in for a label in the run's tallies.
                 result = Prediction(label=res.finish_reason, cost=res.cost)
                 outcomes[i] = verdict(m, result, self.ref, completion)
@@ -171,23 +141,11 @@ def run_generation_stream(
     stdout: IO[str] | None = None,
 ) -> StreamMetrics:
     """Complete every message until ``stop`` is set (or a signal comes, or stdin ends)."""
-    options = options or StreamOptions()
-    stop = stop or threading.Event()
-    source, sink = open_endpoints(plan, config, stdin=stdin, stdout=stdout)
+
+    def consumer(source: Source, sink: Sink, metrics: StreamMetrics) -> StreamConsumer:
+        return GenerationConsumer(engine, settings, source, sink, config, metrics)
+
     ref = f"{engine.name}:{engine.version}"
-    metrics = StreamMetrics(model=ref, report_every_s=config.report_every_s)
-    server = None
-    try:
-        if options.metrics_port is not None:
-            server = metrics.serve_prometheus(options.metrics_port, options.metrics_host)
-        log.info(
-            "completing %s with %s into %s, batches of %d", source.description, ref, sink.description, config.batch_size
-        )
-        with stop_on_signals(stop, options.handle_signals):
-            GenerationConsumer(engine, settings, source, sink, config, metrics).run(stop)
-    finally:
-        source.close()
-        sink.close()
-        if server is not None:
-            server.shutdown()
-    return metrics
+    return serve_consumer(
+        consumer, ref, plan, config, options, doing="completing", stop=stop, stdin=stdin, stdout=stdout
+    )

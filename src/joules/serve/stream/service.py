@@ -11,7 +11,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
@@ -103,25 +103,49 @@ def run_stream(
     stdout: IO[str] | None = None,
 ) -> StreamMetrics:
     """Consume until ``stop`` is set (or a signal comes, or stdin ends); the metrics of the run."""
+
+    def consumer(source: Source, sink: Sink, metrics: StreamMetrics) -> StreamConsumer:
+        return StreamConsumer(predictor, source, sink, config, metrics)
+
+    return serve_consumer(
+        consumer, predictor.ref, plan, config, options, doing="judging", stop=stop, stdin=stdin, stdout=stdout
+    )
+
+
+def serve_consumer(
+    consumer: Callable[[Source, Sink, StreamMetrics], StreamConsumer],
+    ref: str,
+    plan: EndpointPlan,
+    config: StreamConfig,
+    options: StreamOptions | None = None,
+    *,
+    doing: str,
+    stop: threading.Event | None = None,
+    stdin: IO[bytes] | None = None,
+    stdout: IO[str] | None = None,
+) -> StreamMetrics:
+    """Open the plan's endpoints, run ``consumer(source, sink, metrics)`` until ``stop`` is set (or a signal
+    comes, or stdin ends), then close everything; the metrics of the run (``ref``: the model they name)."""
     options = options or StreamOptions()
     stop = stop or threading.Event()
     source, sink = open_endpoints(plan, config, stdin=stdin, stdout=stdout)
-    metrics = StreamMetrics(model=predictor.ref, report_every_s=config.report_every_s)
+    metrics = StreamMetrics(model=ref, report_every_s=config.report_every_s)
     server = None
     try:
         if options.metrics_port is not None:
             server = metrics.serve_prometheus(options.metrics_port, options.metrics_host)
             log.info("metrics at http://%s:%d/metrics", options.metrics_host, options.metrics_port)
         log.info(
-            "judging %s with %s into %s, batches of %d (or %d ms)",
+            "%s %s with %s into %s, batches of %d (or %d ms)",
+            doing,
             source.description,
-            predictor.ref,
+            ref,
             sink.description,
             config.batch_size,
             config.max_wait_ms,
         )
         with stop_on_signals(stop, options.handle_signals):
-            StreamConsumer(predictor, source, sink, config, metrics).run(stop)
+            consumer(source, sink, metrics).run(stop)
     finally:
         source.close()
         sink.close()
