@@ -17,7 +17,7 @@ from typing import Any
 
 from joules.apps.mail.train import text_view
 from joules.bundle import Bundle, SplitDataset
-from joules.errors import DataError
+from joules.errors import DataError, JoulesError
 from joules.registry import Registry
 from joules.runtime import Predictor
 from joules.runtime.evaluate import evaluate
@@ -53,7 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--email", default="spam-email", help="the e-mail detector (NAME[:VERSION])")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    results = cross_evaluate(Registry(), args.sms, args.email)
+    try:
+        results = cross_evaluate(Registry(), args.sms, args.email)
+    except JoulesError as e:  # a model not found, no saved split: one line and exit 2, as the CLI does
+        print(f"cross: error: {e}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
