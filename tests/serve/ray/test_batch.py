@@ -153,16 +153,52 @@ def test_killed_driver_rerun_finishes_without_duplicates(spam_home: Path, tmp_pa
     assert (tmp_path / "ray.csv.errors.jsonl").read_text() == (tmp_path / "local.csv.errors.jsonl").read_text()
 
 
+def descendant_raylets(pid: int) -> set[int]:
+    """The raylet processes started under ``pid`` (its children, their children...): this job's own Ray,
+    not another one running on the machine at the same time."""
+    parent: dict[int, int] = {}
+    names: dict[int, str] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:  # the process exited while we looked
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        parent[int(d.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
+        names[int(d.name)] = name
+    found = set()
+    for p, name in names.items():
+        q = p
+        while name == "raylet" and q > 1:
+            q = parent.get(q, 0)
+            if q == pid:
+                found.add(p)
+                break
+    return found
+
+
 def test_without_address_a_local_ray_is_started_and_stopped(spam_home: Path, tmp_path: Path) -> None:
+    """The command starts a Ray of its own (seen as a raylet under its process while it runs) and stops it:
+    once it has exited, that raylet is gone. Another Ray on the machine does not count either way."""
     inp = tmp_path / "in.csv"
     write_input(inp, 20, bad=False)
-    before = raylets()
-    summary = batch(spam_home, inp, tmp_path / "ray.csv", "--engine", "ray")
-    assert summary["rows"] == 20
+    env = {**os.environ, "JOULES_HOME": str(spam_home)}
+    cmd = [*JOULES, "batch", "spam", str(inp), "-o", str(tmp_path / "ray.csv"), "--json", "--no-progress"]
+    proc = subprocess.Popen([*cmd, "--engine", "ray"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    ours: set[int] = set()
+    while proc.poll() is None:
+        ours |= descendant_raylets(proc.pid)
+        time.sleep(0.2)  # sampling the command's process tree while it runs
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err.decode()[-3000:]
+    assert json.loads(out)["rows"] == 20
+    assert ours, "no raylet was seen under the command: it did not start a Ray of its own"
     end = time.monotonic() + 30
-    while raylets() - before and time.monotonic() < end:
+    while ours & raylets() and time.monotonic() < end:
         time.sleep(0.5)  # Ray's processes exit shortly after ray.shutdown(); bounded by the deadline
-    assert not raylets() - before, "joules batch --engine ray left its Ray running"
+    assert not ours & raylets(), "joules batch --engine ray left its Ray running"
 
 
 def test_ray_flags_need_engine_ray(spam_home: Path, tmp_path: Path) -> None:
