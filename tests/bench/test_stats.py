@@ -57,6 +57,14 @@ def test_max_qps_search_on_a_known_capacity() -> None:
     assert none.max_qps is None and none.best is None
 
 
+def test_a_search_run_lasts_long_enough_for_a_p99() -> None:
+    from joules.bench.search import MIN_SEARCH_QUERIES, search_duration
+
+    assert search_duration(100.0, 10.0) == 10.0, "1,000 queries in the configured 10 s"
+    assert search_duration(5.0, 10.0) == MIN_SEARCH_QUERIES / 5.0, "50 queries would make the p99 the worst one"
+    assert search_duration(5.0, 10.0) * 5.0 >= 300
+
+
 def test_a_rate_the_system_cannot_complete_fails() -> None:
     assert not judge(target_qps=100, p99_ms=10, achieved_qps=80, errors=0, bound_ms=50).passed
     assert not judge(target_qps=100, p99_ms=10, achieved_qps=100, errors=1, bound_ms=50).passed

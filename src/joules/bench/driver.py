@@ -15,7 +15,7 @@ import numpy as np
 from joules.bench import loadgen
 from joules.bench.config import BenchConfig, load_plan
 from joules.bench.http import build_request, parse_url
-from joules.bench.search import SearchResult, Verdict, find_max_qps, judge
+from joules.bench.search import SearchResult, Verdict, find_max_qps, judge, search_duration
 from joules.bench.stats import latency_summary_ms, poisson_schedule, sample_order
 from joules.errors import BenchError
 from joules.meter import CostModel, modelled
@@ -361,9 +361,13 @@ class Bench:
         _say(progress, f"single-stream probe: {probe.qps_achieved:.1f} qps; searching from {start:.1f} qps")
 
         def measure(q: float) -> RunResult:
-            r = self.run(q)
+            r = self.run(q, duration_s=search_duration(q, c.duration_s))
             p99 = r.latency_ms.get("p99", float("nan"))
-            _say(progress, f"  {q:8.1f} qps: p99 {p99:.1f} ms, achieved {r.qps_achieved:.1f}, errors {r.errors}")
+            _say(
+                progress,
+                f"  {q:8.1f} qps: p99 {p99:.1f} ms over {r.samples} queries, achieved {r.qps_achieved:.1f}, "
+                f"errors {r.errors}",
+            )
             return r
 
         search = find_max_qps(measure, self.verdict, start_qps=start)

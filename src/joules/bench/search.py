@@ -7,6 +7,14 @@ times actually drawn, which on a short run differs from the target by a few
 per cent), so a server that drops or stalls queries does not pass. The search doubles the rate until a run fails,
 then bisects between the last pass and the first failure until they are
 within ``tolerance`` of each other or the run budget is spent.
+
+The search assumes latency rises with the rate, which holds for a p99 only
+when each run has enough queries for its p99 to be more than its worst one or
+two: a 10 s run at 5 QPS has 50, and its "p99" swings with one slow query,
+so a low rate could fail where a higher one passed. Each run of the search
+therefore lasts long enough for ``MIN_SEARCH_QUERIES`` queries (MLPerf's
+LoadGen likewise sets a minimum query count per run), at least the configured
+duration.
 """
 
 from __future__ import annotations
@@ -18,6 +26,13 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 MIN_ACHIEVED = 0.9
+# Queries per search run: its p99 is then about the 3rd-worst latency, not the worst.
+MIN_SEARCH_QUERIES = 300
+
+
+def search_duration(qps: float, duration_s: float) -> float:
+    """How long a search run at ``qps`` lasts: ``duration_s``, or longer for ``MIN_SEARCH_QUERIES`` queries."""
+    return max(duration_s, MIN_SEARCH_QUERIES / qps)
 
 
 @dataclass(frozen=True, kw_only=True)
