@@ -10,7 +10,7 @@ import pytest
 
 from joules.bundle import Bundle
 from joules.decide import RuleSet
-from joules.errors import InputError
+from joules.errors import BundleError, InputError
 from joules.meter import EnergyMeter
 from joules.meter.counters import detect_counters
 from joules.runtime import Prediction, Predictor, RuntimeOptions, isolate
@@ -279,3 +279,49 @@ def test_long_texts_are_cut_before_tokenizing_without_changing_their_tokens(pred
 def test_cut_text_ends_at_whitespace() -> None:
     assert cut_text("hello world again", 13) == "hello world"
     assert cut_text("abcdefgh", 4) == "abcd"
+
+
+@pytest.mark.parametrize("tail", [1, 32])
+def test_tail_tokens_read_the_start_and_the_end_of_a_long_text(tiny_bundle_dir: Path, tail: int) -> None:
+    """With preprocess.tail_tokens, a long text gives its first tokens and its last ``tail``, exactly those of the
+    whole text tokenized without any cut (the reference here), whatever the cut bounds meet."""
+    from tokenizers import Tokenizer
+
+    from joules.runtime.preprocess import TextPreprocessor
+
+    path = tiny_bundle_dir / "tokenizer.json"
+    pre = TextPreprocessor(path, 128, ["input_ids"], tail_tokens=tail)
+    raw = Tokenizer.from_file(str(path))
+    raw.no_padding()
+    raw.no_truncation()
+    sms = [line.split("\t", 1)[1].rstrip("\n") for line in SMS_FILE.open(encoding="utf-8")][:600]
+    long = [" ".join(sms[i : i + 40]) for i in range(0, 600, 40)] + [
+        "spam " * 200_000 + "unsubscribe here",  # 1 MB
+        "start " * 200 + "x" * 50_000,  # ends in one giant word: a cut inside it would tokenize differently
+        "hello there " * 100 + " " * 100_000,  # ends in spaces past the cut bound
+        "\n\t ".join(["Émile's café, naïve résumé"] * 3000),
+        "word " * 2000 + "é" * 300,
+    ]
+    for text in [*sms[:50], *long]:
+        got = pre.encode([text])[0].ids
+        ids = raw.encode(text, add_special_tokens=False).ids
+        content = 128 - 2
+        want = ids if len(ids) <= content else ids[: content - tail] + ids[-tail:]
+        cls, sep = raw.token_to_id("[CLS]"), raw.token_to_id("[SEP]")
+        assert got == [cls, *want, sep], text[:60]
+    with pytest.raises(BundleError, match="tail_tokens"):
+        TextPreprocessor(path, 16, ["input_ids"], tail_tokens=14)
+
+
+def test_tail_tokens_in_the_bundle_spec() -> None:
+    from joules.bundle import Preprocess
+
+    assert Preprocess(kind="email", max_length=128, tail_tokens=32).to_dict()["tail_tokens"] == 32
+    assert "tail_tokens" not in Preprocess(kind="text").to_dict(), "the default is not written"
+    assert Preprocess(kind="text").tail_tokens == 0
+    with pytest.raises(BundleError, match="tail_tokens applies to kind"):
+        Preprocess(kind="tensors", tail_tokens=4)
+    with pytest.raises(BundleError, match=r"tail_tokens must be a whole number >= 0, got -1"):
+        Preprocess(kind="text", tail_tokens=-1)
+    with pytest.raises(BundleError, match="at most half of max_length"):
+        Preprocess(kind="text", max_length=64, tail_tokens=40)

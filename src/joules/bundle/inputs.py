@@ -48,6 +48,10 @@ DEFAULT_EMAIL_MAX_PARTS = 100
 
 # Settings that belong to one kind (or two), with the default each kind gets when the author leaves one out.
 KIND_SETTINGS: dict[str, dict[str, Any]] = {
+    # text and email: of the max_length tokens a long text gives the model, how many come from its end
+    # (the rest from its start). 0 reads the start only. Mail ends in signatures, footers and unsubscribe
+    # links, which say much about spam (docs/inputs.md, "The e-mail detector").
+    "tail_tokens": {"text": 0, "email": 0},
     "features": {"tabular": None},
     "missing": {"tabular": "error"},
     "fill_value": {"tabular": None},
@@ -86,6 +90,8 @@ def resolve(kind: str, given: dict[str, Any]) -> dict[str, Any]:
             out[name] = None
             continue
         out[name] = defaults[kind] if value is None else value
+    if kind in TOKENIZED_KINDS:
+        out["tail_tokens"] = _count("tail_tokens", out["tail_tokens"])
     if kind == "tabular":
         _tabular(out)
     elif kind == "image":
@@ -129,6 +135,12 @@ def _tabular(s: dict[str, Any]) -> None:
         s["fill_value"] = float(fill)
     elif s["fill_value"] is not None:
         raise BundleError(f"preprocess.fill_value applies to missing: fill, not missing: {s['missing']}")
+
+
+def _count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BundleError(f"preprocess.{name} must be a whole number >= 0, got {value!r}")
+    return value
 
 
 def _positive_int(name: str, value: Any, high: int | None = None) -> int:

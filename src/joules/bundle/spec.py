@@ -66,6 +66,7 @@ class Preprocess:
     tokenizer: str = "tokenizer.json"
     max_length: int = DEFAULT_MAX_LENGTH
     text_field: str = "text"
+    tail_tokens: int | None = None  # text and email: tokens read from the end of a long text (bundle/inputs.py)
     # Admission refuses NaN and infinities in numeric inputs (a model cannot rank them); a model
     # built to take them (missing values as NaN, say) says so here.
     allow_non_finite: bool = False
@@ -96,6 +97,11 @@ class Preprocess:
             object.__setattr__(self, name, value)
         if not isinstance(self.max_length, int) or not 1 <= self.max_length <= 8192:
             raise BundleError(f"preprocess.max_length must be a whole number in [1, 8192], got {self.max_length!r}")
+        if self.tokenized and self.tail_tokens and self.tail_tokens > self.max_length // 2:
+            raise BundleError(
+                f"preprocess.tail_tokens ({self.tail_tokens}) must be at most half of max_length ({self.max_length}): "
+                "the start of a text is read too"
+            )
         if not isinstance(self.allow_non_finite, bool):
             raise BundleError(f"preprocess.allow_non_finite must be true or false, got {self.allow_non_finite!r}")
 
@@ -109,6 +115,8 @@ class Preprocess:
         d = {k: v for k, v in asdict(self).items() if v is not None}
         if not self.allow_non_finite:
             d.pop("allow_non_finite")  # the default: joules.yaml files stay as they were written before
+        if not self.tail_tokens:
+            d.pop("tail_tokens", None)  # the default, likewise
         if not self.tokenized:
             for k in ("tokenizer", "max_length", "text_field"):
                 d.pop(k, None)

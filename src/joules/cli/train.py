@@ -31,6 +31,11 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument("--epochs", type=int, help="passes over the training split (spam 5, spam-email 3, digits 30)")
     p.add_argument("--learning-rate", type=float, help="peak AdamW learning rate (spam, spam-email)")
+    p.add_argument(
+        "--tail-tokens",
+        type=int,
+        help="spam-email: of the 128 tokens read from a long message, how many come from its end (default 32)",
+    )
     p.add_argument("--seed", type=int, default=0, help="split and initialisation seed")
     p.add_argument("--promote", action="store_true", help="promote even when a production version exists")
     p.add_argument("--no-progress", action="store_true")
@@ -68,6 +73,7 @@ def _spam_email(args: argparse.Namespace, registry: Any, name: str) -> dict[str,
         promote=True if args.promote else None,
         progress=not args.no_progress,
         **_tuning(args),
+        **({"tail_tokens": args.tail_tokens} if args.tail_tokens is not None else {}),
     )
 
 

@@ -60,7 +60,7 @@ class TorchEngine:
 
         self.model = load_trainable(bundle, "the PyTorch reference")
         names = [i.name for i in bundle.spec.inputs]
-        self.pre = TextPreprocessor(bundle.tokenizer_path, bundle.spec.preprocess.max_length, names)
+        self.pre = TextPreprocessor.from_spec(bundle.tokenizer_path, bundle.spec.preprocess, names)
         self.batch_size = batch_size
         self.meter = meter
 

@@ -437,7 +437,7 @@ def text_view(bundle: Bundle) -> Bundle:
     pre = bundle.spec.preprocess
     if pre.kind != "email":
         return bundle
-    text = Preprocess(kind="text", tokenizer=pre.tokenizer, max_length=pre.max_length)
+    text = Preprocess(kind="text", tokenizer=pre.tokenizer, max_length=pre.max_length, tail_tokens=pre.tail_tokens)
     return Bundle(bundle.path, replace(bundle.spec, preprocess=text))
 
 
@@ -457,7 +457,7 @@ def kind_for(bundle: Bundle, inputs: Mapping[str, tuple[Any, Sequence[Any]]], *,
     """The input kind of ``bundle`` (``preprocess.kind``); ``inputs``: model input name -> (dtype, dims)."""
     pre = bundle.spec.preprocess
     if pre.kind == "text":
-        preprocessor = TextPreprocessor(bundle.tokenizer_path, pre.max_length, list(inputs))
+        preprocessor = TextPreprocessor.from_spec(bundle.tokenizer_path, pre, list(inputs))
         return TextKind(
             preprocessor=preprocessor,
             dtypes={n: dtype for n, (dtype, _) in inputs.items()},
@@ -471,7 +471,7 @@ def kind_for(bundle: Bundle, inputs: Mapping[str, tuple[Any, Sequence[Any]]], *,
         return TensorKind(inputs=tensors, allow_non_finite=pre.allow_non_finite)
     if pre.kind == "email":
         return EmailKind(
-            preprocessor=TextPreprocessor(bundle.tokenizer_path, pre.max_length, list(inputs)),
+            preprocessor=TextPreprocessor.from_spec(bundle.tokenizer_path, pre, list(inputs)),
             dtypes={n: dtype for n, (dtype, _) in inputs.items()},
             converter=EmailConverter.from_spec(pre),
             max_bytes=max_text_bytes,

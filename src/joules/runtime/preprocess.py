@@ -14,12 +14,20 @@ mostly spaces or control characters), the bound was too small for it and the
 text is tokenized again with a bound four times wider, until the tokens fill
 ``max_length`` or the whole text is used. The tokens a model sees are thus the
 whole text's first ``max_length`` tokens, at a cost bounded by the cut.
+
+With ``tail_tokens`` t > 0 (``preprocess.tail_tokens``), a text too long for
+``max_length`` gives its first tokens and its last t, the special tokens
+around them as the tokenizer adds them: the end of a message (a signature, a
+footer, an unsubscribe link) is read too. The end is cut from the text the
+same way, at a whitespace after a character bound, and its first token is
+never kept, so a word split by the cut never reaches the model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
@@ -35,7 +43,7 @@ WIDEN = 4  # how much wider each retry's bound is
 
 
 class TextPreprocessor:
-    def __init__(self, tokenizer_path: Path, max_length: int, input_names: Sequence[str]) -> None:
+    def __init__(self, tokenizer_path: Path, max_length: int, input_names: Sequence[str], tail_tokens: int = 0) -> None:
         try:
             self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
         except Exception as e:  # tokenizers raises a bare Exception on a bad file
@@ -47,7 +55,25 @@ class TextPreprocessor:
         self.input_names = [n for n in input_names if n in TOKENIZER_INPUTS]
         self.pad_id = self._pad_id()
         longest = max((len(t) for t in self.tokenizer.get_vocab(with_added_tokens=True)), default=1)
-        self.cut_chars = max_length * max(1, longest)
+        self.longest = max(1, longest)
+        self.cut_chars = max_length * self.longest
+        # Content tokens: max_length less the special tokens the post-processor adds ([CLS] and [SEP]).
+        content = max_length - self.tokenizer.num_special_tokens_to_add(False)
+        if isinstance(tail_tokens, bool) or not isinstance(tail_tokens, int) or not 0 <= tail_tokens < content:
+            raise BundleError(
+                f"tail_tokens must be a whole number in [0, {content}) for max_length {max_length}, got {tail_tokens!r}"
+            )
+        self.tail_tokens = tail_tokens
+        self.head_tokens = content - tail_tokens
+        self._raw: Tokenizer | None = None
+        if tail_tokens:
+            self._raw = Tokenizer.from_str(self.tokenizer.to_str())
+            self._raw.no_truncation()
+
+    @classmethod
+    def from_spec(cls, tokenizer_path: Path, pre: Any, input_names: Sequence[str]) -> TextPreprocessor:
+        """For a bundle's ``Preprocess`` (kind text or email)."""
+        return cls(tokenizer_path, pre.max_length, input_names, tail_tokens=pre.tail_tokens or 0)
 
     def _pad_id(self) -> int:
         for token in ("[PAD]", "<pad>", "<PAD>"):
@@ -63,7 +89,29 @@ class TextPreprocessor:
         for i, (text, part) in enumerate(zip(texts, cut, strict=True)):
             if part is not text and len(encodings[i].ids) < self.max_length:
                 encodings[i] = self._encode_wider(text, bound * WIDEN)
+            if self._raw is not None and len(encodings[i].ids) >= self.max_length:
+                encodings[i] = self._head_and_tail(text)
         return encodings
+
+    def _head_and_tail(self, text: str) -> Encoding:
+        """The first ``head_tokens`` and the last ``tail_tokens`` content tokens of a long text, post-processed."""
+        assert self._raw is not None
+        head = self._piece(text, self.head_tokens, from_end=False)
+        head.truncate(self.head_tokens)
+        tail = self._piece(text, self.tail_tokens + 1, from_end=True)
+        tail.truncate(self.tail_tokens, direction="left")
+        return self.tokenizer.post_process(Encoding.merge([head, tail], growing_offsets=True))
+
+    def _piece(self, text: str, need: int, *, from_end: bool) -> Encoding:
+        """Content tokens of a piece of ``text`` from its start or end holding at least ``need`` of them."""
+        assert self._raw is not None
+        bound = need * self.longest
+        while len(text) > bound:
+            e = self._raw.encode(cut_tail(text, bound) if from_end else cut_text(text, bound), add_special_tokens=False)
+            if len(e.ids) >= need:
+                return e
+            bound *= WIDEN
+        return self._raw.encode(text, add_special_tokens=False)
 
     def _encode_wider(self, text: str, bound: int) -> Encoding:
         while len(text) > bound:
@@ -88,6 +136,14 @@ class TextPreprocessor:
             arrays["attention_mask"][i, :k] = e.attention_mask
             arrays["token_type_ids"][i, :k] = e.type_ids
         return {name: arrays[name].astype(dtypes.get(name, np.int64), copy=False) for name in self.input_names}
+
+
+def cut_tail(text: str, bound: int) -> str:
+    """``text`` from the first whitespace in its last ``bound`` characters; "" if there is none (a word may
+    be longer than the bound, and a part of it tokenizes differently from the whole)."""
+    tail = text[-bound:]
+    at = min((i for i in (tail.find(c) for c in _CUT_AT) if i >= 0), default=-1)
+    return tail[at + 1 :] if at >= 0 else ""
 
 
 def cut_text(text: str, bound: int) -> str:

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from joules.apps.mail.train import CHARS_PER_TOKEN_BOUND, text_view
+from joules.apps.mail.train import CHARS_PER_TOKEN_BOUND
 from joules.bundle import SplitDataset
 from joules.registry import Registry
 from joules.runtime import Predictor
+from joules.runtime.admission import text_view
 from joules.runtime.inputs import EmailConverter
 from joules.settings import Settings
 
@@ -21,6 +22,8 @@ def test_the_bundle_is_served_on_raw_email(mail_home: Path) -> None:
     assert mv.stage == "production" and list(mv.labels) == ["ham", "spam"]
     pre = reg.load("spam-email").spec.preprocess
     assert (pre.kind, pre.max_length, pre.reads) == ("email", 64, ["from", "subject", "body"])
+    assert pre.tail_tokens == 32, "the recipe reads the end of a long message too"
+    assert mv.lineage[0]["reads"] == {"max_length": 64, "tail_tokens": 32}
     assert {"f1", "f1_ci95", "roc_auc", "n"} <= set(mv.metrics["test"])
     train = mv.lineage[0]
     assert train["app"] == "spam-email" and train["split"]["deduplicated"] == "by body"
@@ -36,8 +39,10 @@ def test_the_saved_split_gives_the_model_what_the_raw_message_does(mail_home: Pa
     saved = SplitDataset.read(bundle.path / "dataset.jsonl")
     texts = [t for name in ("train", "validation", "test") for t in saved[name].texts]
     assert all(t.startswith(("From: ", "Subject: ")) for t in texts)
-    # Cut to bound what the bundle carries, except where cutting would change the tokens the model reads.
-    assert sum(len(t) > 64 * CHARS_PER_TOKEN_BOUND for t in texts) < len(texts) / 10
+    # Cut to bound what the bundle carries (its start and its end), except where cutting would change the
+    # tokens the model reads.
+    limit = 64 * CHARS_PER_TOKEN_BOUND
+    assert sum(len(t) > 2 * limit + 1 for t in texts) < len(texts) / 10
     conv = EmailConverter.from_spec(bundle.spec.preprocess)
     raw = []
     with tarfile.open(small_corpus) as tar:
@@ -48,8 +53,8 @@ def test_the_saved_split_gives_the_model_what_the_raw_message_does(mail_home: Pa
     predictor = Predictor(text_view(bundle))
     from_raw = predictor.predict_texts([conv.admit(r) for r in raw[:10]]).probabilities
     by_text = {conv.admit(r): i for i, r in enumerate(raw[:10])}
-    from_saved = [t for t in texts if any(t == k[: len(t)] for k in by_text)]
+    from_saved = [(t, k) for t in texts for k in by_text if t[:limit] == k[:limit]]
     assert from_saved  # spam-1 messages are in the saved split, cut or whole
-    for t in from_saved:
-        full = next(k for k in by_text if k[: len(t)] == t)
+    assert any(t != k for t, k in from_saved), "one of them is cut"
+    for t, full in from_saved:
         np.testing.assert_allclose(predictor.predict_texts([t]).probabilities[0], from_raw[by_text[full]], atol=1e-6)

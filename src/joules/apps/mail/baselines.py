@@ -3,6 +3,11 @@ logistic regression on whole messages (From, Subject and all the body text), C c
 cross-validation on the training split, as for the SMS detector (apps/spam/baselines.py).
 
     python -m joules.apps.mail.baselines [--seeds 0 1 2] [--json]
+    python -m joules.apps.mail.baselines --view 128 --tail-tokens 32   # on what such a model reads
+
+``--view N`` fits the baseline on the text a model reading N tokens sees (the MiniLM tokenizer's tokens,
+decoded back), to tell what part of a message carries the signal: that chose the detector's
+``tail_tokens`` (docs/inputs.md, "The e-mail detector").
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from joules.apps.mail.dataset import LABELS, load_corpus, split_corpus
-from joules.bundle import SplitDataset
+from joules.bundle import Split, SplitDataset
 from joules.errors import require
 from joules.quality import classification_metrics
 
@@ -50,13 +55,33 @@ def tfidf_baseline(dataset: SplitDataset, *, seed: int = 0) -> dict[str, Any]:
     return {"tfidf_lr": out}
 
 
+def model_view(dataset: SplitDataset, max_length: int, tail_tokens: int) -> SplitDataset:
+    """Each text as the tokens a MiniLM model reading ``max_length`` (``tail_tokens`` from the end) gets, decoded."""
+    from joules.apps.common import minilm_dir
+    from joules.runtime.preprocess import TextPreprocessor
+
+    pre = TextPreprocessor(minilm_dir(None) / "tokenizer.json", max_length, ["input_ids"], tail_tokens=tail_tokens)
+    splits = {}
+    for name, split in dataset.splits.items():
+        texts = [pre.tokenizer.decode(e.ids) for e in pre.encode(split.texts)]
+        splits[name] = Split(texts, split.labels)
+    return SplitDataset(splits)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--view", type=int, metavar="N", help="fit on what a model reading N tokens sees")
+    parser.add_argument("--tail-tokens", type=int, default=0, help="with --view: of the N, how many from the end")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     corpus = load_corpus()
-    results = {seed: tfidf_baseline(split_corpus(corpus, seed), seed=seed)["tfidf_lr"] for seed in args.seeds}
+    results = {}
+    for seed in args.seeds:
+        dataset = split_corpus(corpus, seed)
+        if args.view:
+            dataset = model_view(dataset, args.view, args.tail_tokens)
+        results[seed] = tfidf_baseline(dataset, seed=seed)["tfidf_lr"]
     if args.json:
         print(json.dumps(results, indent=2))
         return 0

@@ -15,11 +15,11 @@ import json
 import sys
 from typing import Any
 
-from joules.apps.mail.train import text_view
 from joules.bundle import Bundle, SplitDataset
 from joules.errors import DataError, JoulesError
 from joules.registry import Registry
 from joules.runtime import Predictor
+from joules.runtime.admission import text_view
 from joules.runtime.evaluate import evaluate
 
 

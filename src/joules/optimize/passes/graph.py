@@ -134,7 +134,7 @@ def sample_feeds(
         rng = np.random.default_rng(seed)
         chosen = [pool[i] for i in rng.permutation(len(pool))[:rows]]
         names = [i.name for i in bundle.spec.inputs]
-        pre = TextPreprocessor(bundle.tokenizer_path, bundle.spec.preprocess.max_length, names)
+        pre = TextPreprocessor.from_spec(bundle.tokenizer_path, bundle.spec.preprocess, names)
         enc = pre.encode(chosen)
         order = np.argsort([len(e.ids) for e in enc], kind="stable")
         batches = [pre.batch([enc[i] for i in order[s : s + batch]], {}) for s in range(0, len(order), batch)]

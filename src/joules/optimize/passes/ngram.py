@@ -124,9 +124,7 @@ class DistillNgram:
         y = np.asarray(label_index(bundle, ctx, "train"), dtype=np.int64)
         y_val = np.asarray(label_index(bundle, ctx, "validation"))
         positive = bundle.spec.labels.index(bundle.spec.postprocess.positive)
-        pre = TextPreprocessor(
-            bundle.tokenizer_path, bundle.spec.preprocess.max_length, ["input_ids", "attention_mask"]
-        )
+        pre = TextPreprocessor.from_spec(bundle.tokenizer_path, bundle.spec.preprocess, ["input_ids", "attention_mask"])
         vocab = int(pre.tokenizer.get_vocab_size(with_added_tokens=True))
         rows_of = lambda texts: [  # noqa: E731
             ngram_rows(np.asarray(e.ids, dtype=np.int64), vocab, self.buckets, self.n) for e in pre.encode(texts)

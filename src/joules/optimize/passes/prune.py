@@ -60,8 +60,8 @@ def importance(model: Any, bundle: Bundle, texts: list[str], labels: list[int]) 
 
         hooks.append(la.attention.self.register_forward_hook(on_attention))
         hooks.append(la.intermediate.register_forward_hook(on_ffn))
-    pre = TextPreprocessor(
-        bundle.tokenizer_path, bundle.spec.preprocess.max_length, [i.name for i in bundle.spec.inputs]
+    pre = TextPreprocessor.from_spec(
+        bundle.tokenizer_path, bundle.spec.preprocess, [i.name for i in bundle.spec.inputs]
     )
     enc = pre.encode(texts)
     order = np.argsort([len(e.ids) for e in enc], kind="stable")

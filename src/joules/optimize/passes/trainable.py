@@ -168,7 +168,7 @@ def fine_tune_on_teacher(model: Any, bundle: Bundle, ctx: PassContext, tuning: T
 
     soft = teacher_probabilities(bundle, ctx, "train")
     names = [i.name for i in bundle.spec.inputs]
-    pre = TextPreprocessor(bundle.tokenizer_path, bundle.spec.preprocess.max_length, names)
+    pre = TextPreprocessor.from_spec(bundle.tokenizer_path, bundle.spec.preprocess, names)
     texts = ctx.texts("train")
     started = time.perf_counter()
     planned = fit_epochs(
