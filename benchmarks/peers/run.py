@@ -167,6 +167,14 @@ def main() -> None:
     p.add_argument("--pin-server", help="taskset CPU list for the servers (e.g. 1)")
     p.add_argument("--p99-ms", type=float, default=50.0)
     p.add_argument(
+        "--min-qps",
+        type=float,
+        default=5.0,
+        help="lowest rate the max-QPS search tries (default 5): a search run lasts long enough for 300 "
+        "queries, 60 s at 5 QPS but 600 s at joules bench's own floor of 0.5; a system failing at 5 is "
+        "reported as below 5",
+    )
+    p.add_argument(
         "--spin-us",
         type=int,
         default=100,
@@ -208,7 +216,7 @@ def main() -> None:
                         rates = args.rates.split(",")
                         opts = (args.duration, args.warmup, args.pin_client)
                         row["fixed"] = {q: bench(url, proc.pid, ["--qps", q], *opts) for q in rates}
-                        find_max = ["--find-max-qps", "--p99-ms", str(args.p99_ms)]
+                        find_max = ["--find-max-qps", "--p99-ms", str(args.p99_ms), "--min-qps", str(args.min_qps)]
                         row["max"] = bench(url, proc.pid, find_max, *opts)
                         row["pins"] = {"client": args.pin_client, "server": args.pin_server}
                 finally:
@@ -262,7 +270,10 @@ def table(path: Path) -> str:
     by: dict[str, list[dict]] = {}
     for r in rows:
         by.setdefault(r["system"], []).append(r)
-    maxq = {s: {r["round"]: r["max"].get("max_qps") or 0.0 for r in rs if "error" not in r} for s, rs in by.items()}
+    # None: no rate at or above the search's floor kept the p99 bound ("below FLOOR").
+    maxq = {s: {r["round"]: r["max"].get("max_qps") for r in rs if "error" not in r} for s, rs in by.items()}
+    floors = {r["max"].get("config", {}).get("min_qps") for r in rows if "error" not in r} - {None}
+    floor = min(floors) if floors else None
     med = lambda xs: statistics.median(xs) if xs else float("nan")  # noqa: E731
     lines = [
         "| system | max QPS at p99 bound: median [min, max] | "
@@ -272,7 +283,12 @@ def table(path: Path) -> str:
     ]
     for system, rs in by.items():
         ok = [r for r in rs if "error" not in r]
-        cells = [system, spread(list(maxq[system].values()))]
+        passed = [v for v in maxq[system].values() if v is not None]
+        below = len(maxq[system]) - len(passed)
+        cell = spread(passed) if passed else "none"
+        if below:
+            cell += f"; {below} round(s) below {floor:g}" if floor else f"; {below} round(s) with none"
+        cells = [system, cell]
         for q in _rates(rows):
             f = [r["fixed"][q] for r in ok if "latency_ms" in r["fixed"].get(q, {})]
             cells.append(
@@ -281,8 +297,13 @@ def table(path: Path) -> str:
             cells.append(f"{med([x['system'].get('cpu_ms_per_query') or 0 for x in f]):.2f}")
             cells.append(f"{med([x.get('loadgen', {}).get('cpu_ms_per_query') or 0 for x in f]):.3f}")
         ours = maxq.get("joules", {})
-        ratios = [ours[k] / v for k, v in maxq[system].items() if system != "joules" and v and k in ours]
-        cells.append(spread(ratios) if ratios else "-")
+        mine = {k: v for k, v in maxq[system].items() if system != "joules" and ours.get(k) is not None}
+        ratios = [ours[k] / v for k, v in mine.items() if v]  # type: ignore[operator]
+        text = spread(ratios) if ratios else "-"
+        lower = [ours[k] / floor for k, v in mine.items() if v is None and floor]  # type: ignore[operator]
+        if lower:
+            text += f"; > {min(lower):.1f} in {len(lower)} round(s) where it was below {floor:g}"
+        cells.append(text)
         lines.append("| " + " | ".join(cells) + f" | {len(ok)}/{len(rs)} |")
     return "\n".join(lines)
 

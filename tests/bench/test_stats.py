@@ -92,3 +92,20 @@ def test_load_plans() -> None:
     assert load_plan(BenchConfig(model="m", scenario="server", concurrency=64)).kind == "closed"
     assert load_plan(BenchConfig(model="m", scenario="server", find_max_qps=True)).search
     assert load_plan(BenchConfig(model="m", scenario="offline")).kind == "burst"
+
+
+def test_the_search_stops_at_its_floor() -> None:
+    """A system that fails everywhere is tried down to min_qps and no lower (runs there last 300/min_qps s)."""
+    asked: list[float] = []
+
+    def measure(q: float) -> float:
+        asked.append(q)
+        return 5000.0
+
+    def verdict(q: float, p99: float) -> Verdict:
+        return judge(target_qps=q, p99_ms=p99, achieved_qps=q, errors=0, bound_ms=50.0)
+
+    r = find_max_qps(measure, verdict, start_qps=40.0, min_qps=5.0)
+    assert r.max_qps is None and asked == [40.0, 20.0, 10.0, 5.0]
+    with pytest.raises(ConfigError, match="--min-qps"):
+        BenchConfig(model="m", scenario="server", find_max_qps=True, min_qps=0)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
+from joules.bench.search import DEFAULT_MIN_QPS
 from joules.errors import ConfigError
 
 
@@ -33,6 +34,7 @@ class BenchConfig:
     qps: float | None = None
     find_max_qps: bool = False
     p99_ms: float = 50.0  # the latency bound of --find-max-qps
+    min_qps: float = DEFAULT_MIN_QPS  # --find-max-qps tries no lower rate; failing there reports none
     concurrency: int | None = None
     duration_s: float = 10.0
     warmup_s: float = 2.0
@@ -52,6 +54,8 @@ class BenchConfig:
             raise ConfigError(f"--warmup must be in [0, 3600] seconds, got {self.warmup_s}")
         if not 0 < self.p99_ms <= 600_000:
             raise ConfigError(f"--p99-ms must be in (0, 600000], got {self.p99_ms}")
+        if not 0 < self.min_qps <= 1_000_000:
+            raise ConfigError(f"--min-qps must be in (0, 1000000], got {self.min_qps}")
         if not 0 < self.timeout_s <= 3600:
             raise ConfigError(f"timeout must be in (0, 3600] seconds, got {self.timeout_s}")
         if self.queries is not None and self.queries < 1:

@@ -99,6 +99,8 @@ class BenchReport:
             "timeout_s": c.timeout_s,
             "url": c.url,
         }
+        if self.search is not None:
+            out["config"] |= {"p99_ms": c.p99_ms, "min_qps": c.min_qps}
         out["plots"] = self.plots
         if self.directory is not None:
             out["report_dir"] = str(self.directory)
@@ -370,7 +372,7 @@ class Bench:
             )
             return r
 
-        search = find_max_qps(measure, self.verdict, start_qps=start)
+        search = find_max_qps(measure, self.verdict, start_qps=start, min_qps=c.min_qps)
         return BenchReport(config=c, result=search.best, search=search)
 
 

@@ -20,6 +20,11 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     load.add_argument("--qps", type=float, help="server: Poisson arrivals at this rate")
     load.add_argument("--find-max-qps", action="store_true", help="server: the highest rate with p99 <= --p99-ms")
     p.add_argument("--p99-ms", type=float, default=50.0, help="latency bound of --find-max-qps (default 50)")
+    p.add_argument(
+        "--min-qps",
+        type=float,
+        help="lowest rate --find-max-qps tries; failing there reports no rate (default: BenchConfig.min_qps, 0.5)",
+    )
     p.add_argument("--concurrency", type=int, help="closed-loop clients (server), or queries in flight (offline)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds of measured load per run (default 10)")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured load first (default 2)")
@@ -57,6 +62,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         queries=args.queries,
         input_name=args.input_name,
         server_pid=args.server_pid,
+        **({"min_qps": args.min_qps} if args.min_qps is not None else {}),
     )
     report = run_bench(
         config,
