@@ -32,7 +32,9 @@ class Spam:
 if __name__ == "__main__":
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False)
+    # "local": a Ray of its own; with no address ray.init joins the cluster named in
+    # /tmp/ray/ray_current_cluster, which a crashed or killed `ray start` leaves behind.
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     serve.start(http_options={"host": "127.0.0.1", "port": int(sys.argv[1])})
     serve.run(Spam.bind(), route_prefix="/v2/models/spam/infer")
     while True:
