@@ -82,8 +82,10 @@ class ConnectionPool:
     async def request(self, raw: bytes, timeout_s: float) -> Response:
         async with self.slots:
             for attempt in (0, 1):
-                reused = bool(self.idle)
-                reader, writer = self.idle.pop() if reused else await self._connect(timeout_s)
+                # A retry always opens a new connection: the next idle one may be as stale as the first.
+                idle = self._take_idle() if attempt == 0 else None
+                reused = idle is not None
+                reader, writer = idle if idle is not None else await self._connect(timeout_s)
                 try:
                     writer.write(raw)
                     resp = await asyncio.wait_for(_read_response(reader), timeout_s)
@@ -104,6 +106,16 @@ class ConnectionPool:
                     self.idle.append((reader, writer))
                 return resp
         raise HttpError("unreachable")  # pragma: no cover
+
+    def _take_idle(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """The most recently used idle connection the server has not closed yet (as far as we have heard)."""
+        while self.idle:
+            reader, writer = self.idle.pop()
+            if reader.at_eof() or writer.is_closing():
+                writer.close()  # the server closed it while idle (its keep-alive timeout)
+                continue
+            return reader, writer
+        return None
 
     async def _connect(self, timeout_s: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         try:
