@@ -168,3 +168,24 @@ def test_optimize_cli_on_a_generator(tiny_llm_bundle: Path, tmp_path: Path) -> N
     assert Path(report["paths"]["markdown"]).is_file()
     bad = run_joules("optimize", "chat", "--passes", "int3", home=home)
     assert bad.returncode == 2 and "int3" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_the_judges_perplexity_is_pytorchs_on_the_held_out_text(tiny_llm_bundle: Path, tiny_llm_dir: Path) -> None:
+    """The budget's perplexity is exp(mean cross-entropy) as PyTorch computes it for the same model and text."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from joules.optimize.decoder import _Judge
+
+    judge = _Judge(Bundle.load(tiny_llm_bundle), threads=1)
+    assert len(judge.held_out) > 16  # the passage, tokenized, not an empty text
+    dec = judge.open(Bundle.load(tiny_llm_bundle).model_path)
+    try:
+        ours = judge.perplexity(dec)
+    finally:
+        dec.close()
+    model = AutoModelForCausalLM.from_pretrained(tiny_llm_dir, torch_dtype=torch.float32).eval()
+    ids = torch.tensor([judge.held_out])
+    with torch.no_grad():
+        loss = model(input_ids=ids, labels=ids).loss  # mean NLL of tokens 1.. given those before
+    assert ours == pytest.approx(float(torch.exp(loss)), rel=1e-4)
