@@ -109,3 +109,32 @@ def test_the_search_stops_at_its_floor() -> None:
     assert r.max_qps is None and asked == [40.0, 20.0, 10.0, 5.0]
     with pytest.raises(ConfigError, match="--min-qps"):
         BenchConfig(model="m", scenario="server", find_max_qps=True, min_qps=0)
+
+
+def test_a_search_report_is_strict_json_with_each_steps_errors() -> None:
+    """A step where no query succeeded has no p99 (null, not Infinity) and keeps the errors that failed it."""
+    import json
+
+    from joules.bench.driver import BenchReport, RunResult
+    from joules.bench.search import Point, SearchResult
+
+    def run(qps: float, p99: float | None, errors: list[str]) -> RunResult:
+        return RunResult(
+            scenario="server", target="http://127.0.0.1:1", qps_target=qps, qps_achieved=0.0 if errors else qps,
+            qps_scheduled=qps, samples=0 if errors else 100, errors=len(errors) * 10,
+            latency_ms={} if p99 is None else {"p99": p99}, duration_s=5.0, concurrency=None, loadgen={},
+            system={}, first_errors=errors,
+        )  # fmt: skip
+
+    good = run(10.0, 4.0, [])
+    dead = run(20.0, None, ["HTTP 503: the server is overloaded", "connection refused"])
+    points = [
+        Point(qps=10.0, verdict=judge(target_qps=10, p99_ms=4.0, achieved_qps=10, errors=0, bound_ms=50), result=good),
+        Point(qps=20.0, verdict=judge(target_qps=20, p99_ms=None, achieved_qps=0, errors=20, bound_ms=50), result=dead),
+    ]
+    config = BenchConfig(model="m", scenario="server", find_max_qps=True)
+    report = BenchReport(config=config, result=good, search=SearchResult(max_qps=10.0, best=good, points=points))
+    d = json.loads(json.dumps(report.to_dict(), allow_nan=False))
+    assert d["search"][0]["p99_ms"] == 4.0 and "first_errors" not in d["search"][0]
+    assert d["search"][1]["p99_ms"] is None and not d["search"][1]["passed"]
+    assert d["search"][1]["first_errors"] == ["HTTP 503: the server is overloaded", "connection refused"]

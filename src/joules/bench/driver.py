@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import sys
 import time
@@ -86,9 +87,11 @@ class BenchReport:
                 {
                     "qps": round(p.qps, 3),
                     "passed": p.verdict.passed,
-                    "p99_ms": round(p.verdict.p99_ms, 3),
+                    # No query of the step succeeded: no p99 (null, never a non-strict Infinity).
+                    "p99_ms": round(p.verdict.p99_ms, 3) if math.isfinite(p.verdict.p99_ms) else None,
                     "qps_achieved": round(p.verdict.achieved_qps, 3),
                     "errors": p.verdict.errors,
+                    **({"first_errors": p.result.first_errors} if p.result.first_errors else {}),
                 }
                 for p in self.search.points
             ]
