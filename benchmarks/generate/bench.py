@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from joules.runtime.limits import MAX_NUM_BATCHED_TOKENS
+
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT_TEXT = (
     "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined "
@@ -101,7 +103,13 @@ def _run_joules(args: argparse.Namespace, bundle: Any, settings: Any) -> dict[st
 
     max_c = max(args.concurrency)
     # No prefix cache: every request repeats the same prompt, and the peers recompute it each time.
-    config = EngineConfig(max_model_len=512, max_num_seqs=max(64, max_c), max_waiting=1024, prefix_cache_slots=0)
+    config = EngineConfig(
+        max_model_len=512,
+        max_num_seqs=max(64, max_c),
+        max_waiting=1024,
+        prefix_cache_slots=0,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+    )
     options = RuntimeOptions(intra_op_threads=args.threads, allow_spinning=True, spin_duration_us=100)
     engine = engine_from_bundle(bundle, config, options=options, settings=settings)
     prompt = engine.tokenizer.encode(PROMPT_TEXT, add_special_tokens=False).ids[: args.prompt_tokens]
@@ -169,6 +177,7 @@ def _run_joules(args: argparse.Namespace, bundle: Any, settings: Any) -> dict[st
         "levels": [{k: v for k, v in lv.items() if not k.startswith("_")} for lv in levels],
         "peak_rss_mb": peak_rss_mb(),
         "preemptions": stats.preemptions,
+        "max_num_batched_tokens": config.max_num_batched_tokens,
     }
 
 
@@ -440,6 +449,13 @@ def main() -> int:
     p.add_argument("--system", help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--prompt-tokens", type=int, default=100)
+    p.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        default=MAX_NUM_BATCHED_TOKENS,
+        help="joules: tokens per engine step (decodes, then prompt chunks; at least the running sequences, "
+        "64 here); default %(default)s, as joules serve",
+    )
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--concurrency", default="1,4,16,64")
     p.add_argument("--rounds", type=int, default=2, help="requests per client at each concurrency (default 2)")

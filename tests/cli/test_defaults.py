@@ -67,3 +67,28 @@ def test_help_shows_the_dataclass_defaults() -> None:
     text = " ".join(out.getvalue().split())
     assert f"rows per model call (default {MAX_CALL_ROWS})" in text
     assert f"(default {ServeConfig().timeout_ms})" in text
+
+
+def test_one_step_budget_for_generation_in_every_mode() -> None:
+    """--max-num-batched-tokens: one default (the engine's), the flag reaches serve and batch, and a budget
+    under the running sequences is refused with what to change, before anything loads."""
+    import pytest
+
+    from joules.errors import ConfigError
+    from joules.runtime.generation.scheduler import EngineConfig
+    from joules.runtime.limits import MAX_NUM_BATCHED_TOKENS
+
+    batch = build_parser().parse_args(["batch", "chat", "i.jsonl", "-o", "o.jsonl"])
+    assert (
+        EngineConfig().max_num_batched_tokens
+        == ServeConfig().max_num_batched_tokens
+        == batch.max_num_batched_tokens
+        == MAX_NUM_BATCHED_TOKENS
+    )
+    args = build_parser().parse_args(["serve", "chat", "--max-num-batched-tokens", "32", "--max-num-seqs", "8"])
+    assert serve_config(args).max_num_batched_tokens == 32
+    bad = build_parser().parse_args(["serve", "chat", "--max-num-batched-tokens", "4", "--max-num-seqs", "8"])
+    with pytest.raises(ConfigError, match=r"max_num_batched_tokens \(4\) must be >= max_num_seqs \(8\).*--max-num"):
+        serve_config(bad)
+    with pytest.raises(ConfigError, match=r"max_num_batched_tokens \(8\) must be >= max_num_seqs \(64\)"):
+        EngineConfig(max_num_batched_tokens=8)

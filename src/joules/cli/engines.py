@@ -10,7 +10,7 @@ from joules.cli.common import add_parallel_options, parallel_options, runtime_op
 
 def add_generation_options(p: argparse.ArgumentParser) -> None:
     """Flags a command that can run a text-generation model takes (a classifier ignores them)."""
-    from joules.runtime.limits import MAX_MODEL_LEN, MAX_NUM_SEQS
+    from joules.runtime.limits import MAX_MODEL_LEN, MAX_NUM_BATCHED_TOKENS, MAX_NUM_SEQS
 
     g = p.add_argument_group("text-generation models (docs/generate.md)")
     g.add_argument("--max-tokens", type=int, default=256, help="most tokens per completion (default %(default)s)")
@@ -34,6 +34,12 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
         default=MAX_NUM_SEQS,
         help="completions decoded together (default %(default)s)",
     )
+    g.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        default=MAX_NUM_BATCHED_TOKENS,
+        help="tokens per engine step: the running decodes, then prompt chunks (default %(default)s)",
+    )
     add_parallel_options(p)
 
 
@@ -55,7 +61,11 @@ def open_engine(args: argparse.Namespace, found: tuple[Any, Any, Any]) -> Any:
 
     registry, mv, bundle = found
     context = bundle.spec.generation.context_length
-    config = EngineConfig(max_model_len=min(args.max_model_len, context), max_num_seqs=args.max_num_seqs)
+    config = EngineConfig(
+        max_model_len=min(args.max_model_len, context),
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+    )
     return open_generation_engine(
         bundle,
         config,

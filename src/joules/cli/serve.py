@@ -168,6 +168,13 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
         default=d("max_waiting_seqs"),
         help="completions queued beyond the running ones: 503 + Retry-After past it (default %(default)s)",
     )
+    gen.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        default=d("max_num_batched_tokens"),
+        help="tokens per engine step: the running decodes, then prompt chunks with what is left; more favours "
+        "throughput and new prompts, less the running streams' inter-token latency (default %(default)s)",
+    )
     add_parallel_options(p)
     # How each response's X-Joules-* cost is priced; flags win over JOULES_* variables and config.yaml.
     add_pricing_options(p)
@@ -220,6 +227,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         max_model_len=args.max_model_len,
         max_num_seqs=args.max_num_seqs,
         max_waiting_seqs=args.max_waiting_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
     )
 
 

@@ -7,6 +7,8 @@ from here, so "rows per model call" means the same number in every mode.
 
 from __future__ import annotations
 
+from joules.errors import ConfigError
+
 # Rows per model call: a cap the planner (planning.py) cuts under. Past ~32 rows of short texts
 # a call's fixed overhead (about 33 token-rows on the MiniLM spam model) is already shared
 # thinly, about 1 token a row, and a larger cap only lets long rows pad more.
@@ -32,3 +34,19 @@ MAX_MODEL_LEN = 2048
 # Sequences decoded together by continuous batching (KV slots): batched steps reuse each weight for every
 # sequence, so aggregate tokens/s grows with it until the arithmetic, not the weights' bandwidth, binds.
 MAX_NUM_SEQS = 64
+# Tokens one engine step puts through the model: the running decodes first (one each), then prompt chunks
+# with what is left (chunked prefill). It bounds how long a step holds every running stream: on 2 CPU cores a
+# 240-token chunk is about half a second of inter-token latency for them; more gives prompts (and throughput)
+# more of each step, less gives the running streams steadier tokens (docs/benchmarks.md measures the trade).
+MAX_NUM_BATCHED_TOKENS = 256
+
+
+def check_step_budget(max_num_batched_tokens: int, max_num_seqs: int) -> None:
+    """Every running decode takes one token of each step first: a budget under the running sequences could
+    leave a prompt (or a preempted sequence's recompute) no token, step after step, while decodes fill it."""
+    if max_num_batched_tokens < max_num_seqs:
+        raise ConfigError(
+            f"max_num_batched_tokens ({max_num_batched_tokens}) must be >= max_num_seqs ({max_num_seqs}): "
+            "each running sequence takes a token of every step; raise --max-num-batched-tokens or lower "
+            "--max-num-seqs"
+        )

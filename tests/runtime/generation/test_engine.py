@@ -209,7 +209,7 @@ def test_queue_full_is_refused_with_retry_after(make_engine: Callable[..., Engin
 
 
 def test_chunked_prefill_interleaves_with_running_decodes(make_engine: Callable[..., Engine]) -> None:
-    engine = make_engine(max_num_batched_tokens=8)
+    engine = make_engine(max_num_batched_tokens=8, max_num_seqs=4)
     q: queue.SimpleQueue[GenerationDelta] = queue.SimpleQueue()
     a = GenerationRequest(prompt=PROMPTS["a"], params=greedy(80))
     long_prompt = ids(engine, " ".join([PROMPTS["b"]] * 4))[:150]

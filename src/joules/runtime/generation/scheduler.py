@@ -35,7 +35,7 @@ import numpy as np
 from joules.errors import ConfigError
 from joules.runtime.generation.decoder import Decoder
 from joules.runtime.generation.sequence import Sequence, Status
-from joules.runtime.limits import MAX_MODEL_LEN, MAX_NUM_SEQS
+from joules.runtime.limits import MAX_MODEL_LEN, MAX_NUM_BATCHED_TOKENS, MAX_NUM_SEQS, check_step_budget
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,7 +44,7 @@ class EngineConfig:
 
     max_model_len: int = MAX_MODEL_LEN  # longest prompt + completion
     max_num_seqs: int = MAX_NUM_SEQS  # sequences running at once (KV slots)
-    max_num_batched_tokens: int = 256  # tokens per step: decodes first, then prompt chunks
+    max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS  # tokens per step: decodes first, then prompt chunks
     max_waiting: int = 256  # requests queued beyond the running ones; past it, QueueFullError
     kv_cache_bytes: int = 2 << 30  # keys and values of running sequences and cached prefixes
     prefix_cache_slots: int = 4  # prompts kept for reuse (0: no prefix caching)
@@ -65,6 +65,7 @@ class EngineConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ConfigError(f"{name} must be a whole number >= {low}, got {v!r}")
+        check_step_budget(self.max_num_batched_tokens, self.max_num_seqs)
 
     @property
     def num_slots(self) -> int:

@@ -13,7 +13,13 @@ from pathlib import Path
 
 from joules.errors import ConfigError
 from joules.runtime.batching import BatchingConfig
-from joules.runtime.limits import MAX_MODEL_LEN, MAX_NUM_SEQS, MAX_TEXT_BYTES
+from joules.runtime.limits import (
+    MAX_MODEL_LEN,
+    MAX_NUM_BATCHED_TOKENS,
+    MAX_NUM_SEQS,
+    MAX_TEXT_BYTES,
+    check_step_budget,
+)
 from joules.runtime.options import RuntimeOptions
 from joules.serve.engines import ParallelOptions
 
@@ -83,6 +89,7 @@ class ServeConfig:
     max_model_len: int = MAX_MODEL_LEN  # longest prompt + completion (the model's context when that is shorter)
     max_num_seqs: int = MAX_NUM_SEQS  # sequences decoded together (continuous batching)
     max_waiting_seqs: int = 256  # completions queued beyond the running ones; past it, 503 + Retry-After
+    max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS  # tokens per engine step: decodes, then prompt chunks
 
     def __post_init__(self) -> None:
         from joules.registry.names import validate_name  # the registry is loaded only when serving
@@ -117,10 +124,16 @@ class ServeConfig:
             raise ConfigError(f"spin_us must be in [0, 1000000] (0: never spin), got {self.spin_us}")
         if not isinstance(self.max_text_bytes, int) or self.max_text_bytes < 1:
             raise ConfigError(f"max_text_bytes must be a whole number >= 1, got {self.max_text_bytes!r}")
-        for name, low in (("max_model_len", 2), ("max_num_seqs", 1), ("max_waiting_seqs", 0)):
+        for name, low in (
+            ("max_model_len", 2),
+            ("max_num_seqs", 1),
+            ("max_waiting_seqs", 0),
+            ("max_num_batched_tokens", 1),
+        ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ConfigError(f"{name} must be a whole number >= {low}, got {v!r}")
+        check_step_budget(self.max_num_batched_tokens, self.max_num_seqs)
         if self.rules_file is not None and not Path(self.rules_file).is_file():
             raise ConfigError(f"rule file {str(self.rules_file)!r} does not exist")
         if self.api_key_env is not None:

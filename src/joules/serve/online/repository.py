@@ -402,6 +402,7 @@ class ModelRepository:
             max_model_len=min(cfg.max_model_len, spec.context_length),
             max_num_seqs=cfg.max_num_seqs,
             max_waiting=cfg.max_waiting_seqs,
+            max_num_batched_tokens=cfg.max_num_batched_tokens,
         )
         engine = open_generation_engine(
             bundle,
