@@ -1,0 +1,284 @@
+"""What a fused decode-attention kernel would save against GroupQueryAttention (a prototype, measured).
+
+attention.py showed that standard ONNX operators do not beat ONNX Runtime's GroupQueryAttention, whose CPU
+kernel runs small products per (row, query head). This script measures the next step its findings name:
+a kernel that does one row's query heads in one pass over that row's keys and values. It is written in C
+below, compiled here with the system's ``cc`` (``-O3 -march=native -fopenmp``) and called through
+ctypes once per layer, as an engine with attention outside the graph would call it. It does what
+GroupQueryAttention does in the decoder graph: rotary on the new query and key (half-split, Llama's
+layout), write the new key and value into the slot's cache in place, attend over the row's cached
+positions, with the 3 query heads of a KV head sharing every key and value read. Rows × KV heads are split
+over the threads (OpenMP).
+
+It prints, side by side, for one decode step (``--layers`` attention calls over ``--rows`` rows of one
+new token each, ``--tokens`` cached positions, a ``--max-len`` buffer, 2 threads):
+
+- ``gqa``: GroupQueryAttention in an ONNX Runtime graph (attention.py's ``gqa`` way);
+- ``c-kernel``: the kernel through ctypes, one call per layer;
+- ``session-calls``: the cost of the graph split that attention outside the graph needs: ``--layers``+1
+  ONNX Runtime calls of a trivial graph with IOBinding, one per layer segment (the products themselves
+  are not counted: they cost the same either way).
+
+Before timing, the kernel's output is checked against GroupQueryAttention's on the same inputs (and the
+cache it wrote against the graph's), so the times compare the same arithmetic.
+
+    .venv/bin/python benchmarks/generate/attention_kernel.py --rows 16 --tokens 128 --threads 2
+
+Needs a C compiler with OpenMP (gcc); this is a measurement, not part of joules' serving path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+KERNEL = r"""
+#include <math.h>
+#include <stddef.h>
+#include <string.h>
+
+/* One decode step's attention for one layer. q [rows, nh, hd], k_new/v_new [rows, nkv, hd],
+   kpool/vpool [rows, nkv, maxlen, hd] (written at position lens[r]-1), cos/sin [maxlen, hd/2],
+   out [rows, nh, hd]. Query head h uses KV head h / (nh / nkv). */
+void attend(const float* q_in, const float* k_new, const float* v_new, float* kpool, float* vpool,
+            const int* lens, const float* cos_t, const float* sin_t, float* out,
+            int rows, int nh, int nkv, int hd, int maxlen, float scale) {
+    const int g = nh / nkv, half = hd / 2;
+    #pragma omp parallel for schedule(static) collapse(2)
+    for (int r = 0; r < rows; r++) {
+        for (int j = 0; j < nkv; j++) {
+            const int L = lens[r], pos = L - 1;
+            const float* c = cos_t + (size_t)pos * half;
+            const float* s = sin_t + (size_t)pos * half;
+            float* K = kpool + ((size_t)(r * nkv + j) * maxlen) * hd;
+            float* V = vpool + ((size_t)(r * nkv + j) * maxlen) * hd;
+            const float* kn = k_new + (size_t)(r * nkv + j) * hd;
+            float* kd = K + (size_t)pos * hd;
+            for (int i = 0; i < half; i++) {
+                float x1 = kn[i], x2 = kn[i + half];
+                kd[i] = x1 * c[i] - x2 * s[i];
+                kd[i + half] = x2 * c[i] + x1 * s[i];
+            }
+            memcpy(V + (size_t)pos * hd, v_new + (size_t)(r * nkv + j) * hd, sizeof(float) * hd);
+            float q[8][256];
+            for (int h = 0; h < g; h++) {
+                const float* qi = q_in + ((size_t)r * nh + j * g + h) * hd;
+                for (int i = 0; i < half; i++) {
+                    float x1 = qi[i], x2 = qi[i + half];
+                    q[h][i] = (x1 * c[i] - x2 * s[i]) * scale;
+                    q[h][i + half] = (x2 * c[i] + x1 * s[i]) * scale;
+                }
+            }
+            float sc[8][L];
+            float mx[8], sum[8], acc[8][256];
+            for (int h = 0; h < g; h++) { mx[h] = -INFINITY; sum[h] = 0.f; memset(acc[h], 0, sizeof(float) * hd); }
+            for (int t = 0; t < L; t++) {
+                const float* kt = K + (size_t)t * hd;
+                for (int h = 0; h < g; h++) {
+                    float d = 0.f;
+                    for (int i = 0; i < hd; i++) d += q[h][i] * kt[i];
+                    sc[h][t] = d;
+                    if (d > mx[h]) mx[h] = d;
+                }
+            }
+            for (int h = 0; h < g; h++)
+                for (int t = 0; t < L; t++) { sc[h][t] = expf(sc[h][t] - mx[h]); sum[h] += sc[h][t]; }
+            for (int t = 0; t < L; t++) {
+                const float* vt = V + (size_t)t * hd;
+                for (int h = 0; h < g; h++) {
+                    const float p = sc[h][t];
+                    for (int i = 0; i < hd; i++) acc[h][i] += p * vt[i];
+                }
+            }
+            for (int h = 0; h < g; h++) {
+                float* o = out + ((size_t)r * nh + j * g + h) * hd;
+                const float inv = 1.f / sum[h];
+                for (int i = 0; i < hd; i++) o[i] = acc[h][i] * inv;
+            }
+        }
+    }
+}
+"""
+
+
+def compile_kernel(tmp: Path) -> ctypes.CDLL:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise SystemExit("no C compiler (cc/gcc) on PATH: this measurement needs one")
+    src = tmp / "attend.c"
+    lib = tmp / "attend.so"
+    src.write_text(KERNEL)
+    cmd = [cc, "-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC", str(src), "-o", str(lib), "-lm"]
+    subprocess.run(cmd, check=True)
+    so = ctypes.CDLL(str(lib))
+    f = ctypes.POINTER(ctypes.c_float)
+    i32 = ctypes.POINTER(ctypes.c_int)
+    so.attend.argtypes = [f, f, f, f, f, i32, f, f, f] + [ctypes.c_int] * 5 + [ctypes.c_float]
+    so.attend.restype = None
+    return so
+
+
+def _ptr(a: np.ndarray, kind: Any = ctypes.c_float) -> Any:
+    return a.ctypes.data_as(ctypes.POINTER(kind))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, default=16)
+    p.add_argument("--tokens", type=int, default=128, help="cached positions each row attends to")
+    p.add_argument("--max-len", type=int, default=512)
+    p.add_argument("--layers", type=int, default=30)
+    p.add_argument("--heads", type=int, default=9)
+    p.add_argument("--kv-heads", type=int, default=3)
+    p.add_argument("--head-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--way", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.heads % a.kv_heads or a.heads // a.kv_heads > 8 or a.head_size > 256 or a.head_size % 2:
+        raise SystemExit("the kernel takes up to 8 query heads per KV head and an even head size up to 256")
+    if a.way is None:  # each way in its own process: OpenMP's and ONNX Runtime's threads never meet
+        for way in ("check", "gqa", "c-kernel", "session-calls"):
+            env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "OMP_WAIT_POLICY": "PASSIVE"}
+            cmd = [sys.executable, __file__, "--way", way, *sys.argv[1:]]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+            print(out.strip().splitlines()[-1], flush=True)
+        return
+    print(json.dumps(run_way(a.way, a)), flush=True)
+
+
+def run_way(way: str, a: argparse.Namespace) -> dict[str, Any]:
+    import onnxruntime as ort
+    from attention import build  # the gqa graph and its inputs, as attention.py times it
+
+    b, nh, nkv, hd, n, t = a.rows, a.heads, a.kv_heads, a.head_size, a.max_len, a.tokens
+    base: dict[str, Any] = {"way": way, "rows": b, "tokens": t, "layers": a.layers, "threads": a.threads}
+    pos = np.arange(n)[:, None] * (1.0 / 10000 ** (np.arange(0, hd, 2) / hd))[None, :]
+    cos = np.ascontiguousarray(np.cos(pos).astype(np.float32))
+    sin = np.ascontiguousarray(np.sin(pos).astype(np.float32))
+    lens = np.full(b, t, np.int32)
+    scale = float(1 / np.sqrt(hd))
+
+    def gqa_session(layers: int) -> tuple[Any, dict[str, np.ndarray]]:
+        args = argparse.Namespace(**{**vars(a), "layers": layers})
+        model, feeds = build("gqa", args)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = a.threads
+        so.inter_op_num_threads = 1
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"]), feeds
+
+    if way == "check":
+        session, feeds = gqa_session(1)
+        k0, v0 = feeds["pk0"].copy(), feeds["pv0"].copy()
+        got = session.run(None, feeds)  # [h0, opk0, opv0] (not in place: plain run)
+        with tempfile.TemporaryDirectory() as tmp:
+            lib = compile_kernel(Path(tmp))
+            q = np.ascontiguousarray(feeds["x0"].reshape(b, nh, hd))
+            kv = np.ascontiguousarray(feeds["kv_new"].reshape(b, nkv, hd))
+            out = np.empty((b, nh, hd), np.float32)
+            lib.attend(
+                _ptr(q), _ptr(kv), _ptr(kv), _ptr(k0), _ptr(v0), _ptr(lens, ctypes.c_int),
+                _ptr(cos), _ptr(sin), _ptr(out), b, nh, nkv, hd, n, scale,
+            )  # fmt: skip
+        names = [o.name for o in session.get_outputs()]
+        ref = dict(zip(names, got, strict=True))
+        err_out = float(np.abs(out.reshape(b, 1, nh * hd) - ref["h0"]).max())
+        err_k = float(np.abs(k0[:, :, :t] - ref["opk0"][:, :, :t]).max())
+        err_v = float(np.abs(v0[:, :, :t] - ref["opv0"][:, :, :t]).max())
+        if max(err_out, err_k, err_v) > 1e-4:
+            raise SystemExit(f"the kernel does not match GroupQueryAttention: out {err_out}, k {err_k}, v {err_v}")
+        return {**base, "max_abs_diff": {"out": err_out, "k": err_k, "v": err_v}}
+
+    times: list[float] = []
+    if way == "gqa":
+        session, feeds = gqa_session(a.layers)
+        io = session.io_binding()
+        keep = []
+        for name, arr in feeds.items():
+            if name.startswith(("pk", "pv")):
+                value = ort.OrtValue.ortvalue_from_numpy(arr)
+                io.bind_ortvalue_input(name, value)
+                io.bind_ortvalue_output("o" + name, value)
+                keep.append(value)
+            else:
+                io.bind_cpu_input(name, arr)
+        io.bind_output(session.get_outputs()[0].name, "cpu")
+        for _ in range(5):
+            session.run_with_iobinding(io)
+        for _ in range(a.repeats):
+            t0 = time.perf_counter()
+            session.run_with_iobinding(io)
+            times.append(time.perf_counter() - t0)
+    elif way == "c-kernel":
+        with tempfile.TemporaryDirectory() as tmp:
+            lib = compile_kernel(Path(tmp))
+        rng = np.random.default_rng(0)
+        q = rng.standard_normal((b, nh, hd), np.float32)
+        kv = rng.standard_normal((b, nkv, hd), np.float32)
+        pools = [rng.standard_normal((b, nkv, n, hd), np.float32) for _ in range(2 * a.layers)]
+        out = np.empty((b, nh, hd), np.float32)
+        calls = [
+            (_ptr(q), _ptr(kv), _ptr(kv), _ptr(pools[2 * i]), _ptr(pools[2 * i + 1]), _ptr(lens, ctypes.c_int),
+             _ptr(cos), _ptr(sin), _ptr(out), b, nh, nkv, hd, n, scale)
+            for i in range(a.layers)
+        ]  # fmt: skip
+        for _ in range(5):
+            for c in calls:
+                lib.attend(*c)
+        for _ in range(a.repeats):
+            t0 = time.perf_counter()
+            for c in calls:
+                lib.attend(*c)
+            times.append(time.perf_counter() - t0)
+    elif way == "session-calls":
+        from onnx import TensorProto, helper
+
+        f = TensorProto.FLOAT
+        graph = helper.make_graph(
+            [helper.make_node("Identity", ["x"], ["y"])],
+            "segment",
+            [helper.make_tensor_value_info("x", f, [b, 1, nh * hd])],
+            [helper.make_tensor_value_info("y", f, [b, 1, nh * hd])],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = a.threads
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        session = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+        x = np.zeros((b, 1, nh * hd), np.float32)
+        y = np.empty_like(x)
+        io = session.io_binding()
+        for _ in range(5):
+            io.bind_cpu_input("x", x)
+            io.bind_output("y", "cpu", 0, np.float32, list(y.shape), y.ctypes.data)
+            session.run_with_iobinding(io)
+        for _ in range(a.repeats):
+            t0 = time.perf_counter()
+            for _ in range(a.layers + 1):  # each segment rebinds its input and output, as an engine would
+                io.bind_cpu_input("x", x)
+                io.bind_output("y", "cpu", 0, np.float32, list(y.shape), y.ctypes.data)
+                session.run_with_iobinding(io)
+            times.append(time.perf_counter() - t0)
+    else:
+        raise SystemExit(f"unknown way {way!r}")
+    ms = 1000 * statistics.median(times)
+    return {**base, "step_ms": round(ms, 3), "us_per_row_layer": round(1000 * ms / (b * a.layers), 2)}
+
+
+if __name__ == "__main__":
+    main()
