@@ -69,6 +69,25 @@ def test_help_shows_the_dataclass_defaults() -> None:
     assert f"(default {ServeConfig().timeout_ms})" in text
 
 
+def test_one_prefix_cache_default_for_generation_in_every_mode() -> None:
+    import pytest
+
+    from joules.errors import ConfigError
+    from joules.runtime.generation.scheduler import EngineConfig
+    from joules.runtime.limits import PREFIX_CACHE_SLOTS
+
+    batch = build_parser().parse_args(["batch", "chat", "i.jsonl", "-o", "o.jsonl"])
+    assert (
+        EngineConfig().prefix_cache_slots
+        == ServeConfig().prefix_cache_slots
+        == batch.prefix_cache_slots
+        == PREFIX_CACHE_SLOTS
+    )
+    assert serve_config(build_parser().parse_args(["serve", "--prefix-cache-slots", "0"])).prefix_cache_slots == 0
+    with pytest.raises(ConfigError, match=r"prefix_cache_slots must be a whole number >= 0, got -1"):
+        serve_config(build_parser().parse_args(["serve", "--prefix-cache-slots", "-1"]))
+
+
 def test_one_step_budget_for_generation_in_every_mode() -> None:
     """--max-num-batched-tokens: one default (the engine's), the flag reaches serve and batch, and a budget
     under the running sequences is refused with what to change, before anything loads."""

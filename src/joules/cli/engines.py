@@ -10,7 +10,7 @@ from joules.cli.common import add_parallel_options, parallel_options, runtime_op
 
 def add_generation_options(p: argparse.ArgumentParser) -> None:
     """Flags a command that can run a text-generation model takes (a classifier ignores them)."""
-    from joules.runtime.limits import MAX_MODEL_LEN, MAX_NUM_BATCHED_TOKENS, MAX_NUM_SEQS
+    from joules.runtime.limits import MAX_MODEL_LEN, MAX_NUM_BATCHED_TOKENS, MAX_NUM_SEQS, PREFIX_CACHE_SLOTS
 
     g = p.add_argument_group("text-generation models (docs/generate.md)")
     g.add_argument("--max-tokens", type=int, default=256, help="most tokens per completion (default %(default)s)")
@@ -40,6 +40,12 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
         default=MAX_NUM_BATCHED_TOKENS,
         help="tokens per engine step: the running decodes, then prompt chunks (default %(default)s)",
     )
+    g.add_argument(
+        "--prefix-cache-slots",
+        type=int,
+        default=PREFIX_CACHE_SLOTS,
+        help="computed prompts kept for prompts that start the same way; 0: none (default %(default)s)",
+    )
     add_parallel_options(p)
 
 
@@ -65,6 +71,7 @@ def open_engine(args: argparse.Namespace, found: tuple[Any, Any, Any]) -> Any:
         max_model_len=min(args.max_model_len, context),
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
+        prefix_cache_slots=args.prefix_cache_slots,
     )
     return open_generation_engine(
         bundle,

@@ -175,6 +175,13 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
         help="tokens per engine step: the running decodes, then prompt chunks with what is left; more favours "
         "throughput and new prompts, less the running streams' inter-token latency (default %(default)s)",
     )
+    gen.add_argument(
+        "--prefix-cache-slots",
+        type=int,
+        default=d("prefix_cache_slots"),
+        help="computed prompts kept so a later prompt that starts the same way (a system prompt, a chat's "
+        "history) reuses their keys and values; 0: no prefix caching (default %(default)s)",
+    )
     add_parallel_options(p)
     # How each response's X-Joules-* cost is priced; flags win over JOULES_* variables and config.yaml.
     add_pricing_options(p)
@@ -228,6 +235,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         max_num_seqs=args.max_num_seqs,
         max_waiting_seqs=args.max_waiting_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
+        prefix_cache_slots=args.prefix_cache_slots,
     )
 
 

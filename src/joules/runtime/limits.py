@@ -39,6 +39,9 @@ MAX_NUM_SEQS = 64
 # 240-token chunk is about half a second of inter-token latency for them; more gives prompts (and throughput)
 # more of each step, less gives the running streams steadier tokens (docs/benchmarks.md measures the trade).
 MAX_NUM_BATCHED_TOKENS = 256
+# Computed prompts kept in reserved KV slots so that a later prompt starting the same way (a shared system
+# prompt, a chat's history) copies their keys and values instead of computing them; 0 turns it off.
+PREFIX_CACHE_SLOTS = 4
 
 
 def check_step_budget(max_num_batched_tokens: int, max_num_seqs: int) -> None:

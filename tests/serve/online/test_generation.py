@@ -325,7 +325,7 @@ def test_an_engine_that_cannot_run_makes_the_server_unready(tiny_llm_bundle: Pat
     from joules.settings import Settings
 
     home = chat_home(tmp_path, tiny_llm_bundle)
-    config = ServeConfig(models=("chat",), max_num_seqs=2, max_num_batched_tokens=24)
+    config = ServeConfig(models=("chat",), max_num_seqs=2, max_num_batched_tokens=24, prefix_cache_slots=1)
     app = create_app(config, Registry(Settings(home=home)))
     with TestClient(app) as c:
         for _ in range(600):
@@ -333,9 +333,9 @@ def test_an_engine_that_cannot_run_makes_the_server_unready(tiny_llm_bundle: Pat
                 break
             threading.Event().wait(0.05)  # polling the server's loading, bounded
         assert c.get("/v2/models/chat/ready").json()["ready"] is True
-        # The served engine runs the server's limits (serve --max-num-seqs / --max-num-batched-tokens).
-        engine_config = app.state.server.repo.get("chat").engine.config
-        assert (engine_config.max_num_seqs, engine_config.max_num_batched_tokens) == (2, 24)
+        # The served engine runs the server's limits (--max-num-seqs, --max-num-batched-tokens, --prefix-cache-slots).
+        ec = app.state.server.repo.get("chat").engine.config
+        assert (ec.max_num_seqs, ec.max_num_batched_tokens, ec.prefix_cache_slots) == (2, 24, 1)
         app.state.server.repo.get("chat").engine.close()  # as a decoder failure or a dead rank leaves it
         assert c.get("/v2/health/ready").status_code == 503
         assert c.get("/v2/models/chat/ready").status_code == 503

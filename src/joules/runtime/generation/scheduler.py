@@ -35,7 +35,13 @@ import numpy as np
 from joules.errors import ConfigError
 from joules.runtime.generation.decoder import Decoder
 from joules.runtime.generation.sequence import Sequence, Status
-from joules.runtime.limits import MAX_MODEL_LEN, MAX_NUM_BATCHED_TOKENS, MAX_NUM_SEQS, check_step_budget
+from joules.runtime.limits import (
+    MAX_MODEL_LEN,
+    MAX_NUM_BATCHED_TOKENS,
+    MAX_NUM_SEQS,
+    PREFIX_CACHE_SLOTS,
+    check_step_budget,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,7 +53,7 @@ class EngineConfig:
     max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS  # tokens per step: decodes first, then prompt chunks
     max_waiting: int = 256  # requests queued beyond the running ones; past it, QueueFullError
     kv_cache_bytes: int = 2 << 30  # keys and values of running sequences and cached prefixes
-    prefix_cache_slots: int = 4  # prompts kept for reuse (0: no prefix caching)
+    prefix_cache_slots: int = PREFIX_CACHE_SLOTS  # prompts kept for reuse (0: no prefix caching)
     min_prefix_tokens: int = 16  # shorter shared prefixes are recomputed
     retry_after_s: int = 1  # what a refused request is told
 

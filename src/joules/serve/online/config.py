@@ -18,6 +18,7 @@ from joules.runtime.limits import (
     MAX_NUM_BATCHED_TOKENS,
     MAX_NUM_SEQS,
     MAX_TEXT_BYTES,
+    PREFIX_CACHE_SLOTS,
     check_step_budget,
 )
 from joules.runtime.options import RuntimeOptions
@@ -90,6 +91,7 @@ class ServeConfig:
     max_num_seqs: int = MAX_NUM_SEQS  # sequences decoded together (continuous batching)
     max_waiting_seqs: int = 256  # completions queued beyond the running ones; past it, 503 + Retry-After
     max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS  # tokens per engine step: decodes, then prompt chunks
+    prefix_cache_slots: int = PREFIX_CACHE_SLOTS  # computed prompts kept for reuse (0: no prefix caching)
 
     def __post_init__(self) -> None:
         from joules.registry.names import validate_name  # the registry is loaded only when serving
@@ -129,6 +131,7 @@ class ServeConfig:
             ("max_num_seqs", 1),
             ("max_waiting_seqs", 0),
             ("max_num_batched_tokens", 1),
+            ("prefix_cache_slots", 0),
         ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:

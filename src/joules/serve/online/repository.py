@@ -403,6 +403,7 @@ class ModelRepository:
             max_num_seqs=cfg.max_num_seqs,
             max_waiting=cfg.max_waiting_seqs,
             max_num_batched_tokens=cfg.max_num_batched_tokens,
+            prefix_cache_slots=cfg.prefix_cache_slots,
         )
         engine = open_generation_engine(
             bundle,
