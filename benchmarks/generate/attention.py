@@ -180,8 +180,8 @@ def time_way(way: str, a: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_step_arguments(p: argparse.ArgumentParser) -> None:
+    """One decode step's attention: its shape (SmolLM2's by default), threads and repeats."""
     p.add_argument("--rows", type=int, default=16)
     p.add_argument("--tokens", type=int, default=128, help="cached positions each row attends to")
     p.add_argument("--max-len", type=int, default=512, help="positions in each row's cache buffer")
@@ -191,6 +191,11 @@ def main() -> None:
     p.add_argument("--head-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=50)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_step_arguments(p)
     p.add_argument("--ways", default="gqa,matmul-window,matmul-kt-window,matmul-full")
     a = p.parse_args()
     for way in a.ways.split(","):

@@ -48,10 +48,25 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-KERNEL_PLAIN = r"""
+# What both kernels share: headers, and rotary (half-split, Llama's layout) of one head into ``y``, times ``scale``.
+PRELUDE = r"""
+#include <immintrin.h>
 #include <math.h>
 #include <stddef.h>
 #include <string.h>
+
+static inline void rope(const float* x, const float* c, const float* s, float* y, int half, float scale) {
+    for (int i = 0; i < half; i++) {
+        float x1 = x[i], x2 = x[i + half];
+        y[i] = (x1 * c[i] - x2 * s[i]) * scale;
+        y[i + half] = (x2 * c[i] + x1 * s[i]) * scale;
+    }
+}
+"""
+
+KERNEL_PLAIN = (
+    PRELUDE
+    + r"""
 
 /* One decode step's attention for one layer. q [rows, nh, hd], k_new/v_new [rows, nkv, hd],
    kpool/vpool [rows, nkv, maxlen, hd] (written at position lens[r]-1), cos/sin [maxlen, hd/2],
@@ -68,23 +83,10 @@ void attend(const float* q_in, const float* k_new, const float* v_new, float* kp
             const float* s = sin_t + (size_t)pos * half;
             float* K = kpool + ((size_t)(r * nkv + j) * maxlen) * hd;
             float* V = vpool + ((size_t)(r * nkv + j) * maxlen) * hd;
-            const float* kn = k_new + (size_t)(r * nkv + j) * hd;
-            float* kd = K + (size_t)pos * hd;
-            for (int i = 0; i < half; i++) {
-                float x1 = kn[i], x2 = kn[i + half];
-                kd[i] = x1 * c[i] - x2 * s[i];
-                kd[i + half] = x2 * c[i] + x1 * s[i];
-            }
+            rope(k_new + (size_t)(r * nkv + j) * hd, c, s, K + (size_t)pos * hd, half, 1.f);
             memcpy(V + (size_t)pos * hd, v_new + (size_t)(r * nkv + j) * hd, sizeof(float) * hd);
             float q[8][256];
-            for (int h = 0; h < g; h++) {
-                const float* qi = q_in + ((size_t)r * nh + j * g + h) * hd;
-                for (int i = 0; i < half; i++) {
-                    float x1 = qi[i], x2 = qi[i + half];
-                    q[h][i] = (x1 * c[i] - x2 * s[i]) * scale;
-                    q[h][i + half] = (x2 * c[i] + x1 * s[i]) * scale;
-                }
-            }
+            for (int h = 0; h < g; h++) rope(q_in + ((size_t)r * nh + j * g + h) * hd, c, s, q[h], half, scale);
             float sc[8][L];
             float mx[8], sum[8], acc[8][256];
             for (int h = 0; h < g; h++) { mx[h] = -INFINITY; sum[h] = 0.f; memset(acc[h], 0, sizeof(float) * hd); }
@@ -115,14 +117,13 @@ void attend(const float* q_in, const float* k_new, const float* v_new, float* kp
     }
 }
 """
+)
 
 # The same contract with AVX2 intrinsics: 4 keys x 3 query heads of products in registers per pass, the
 # values accumulated 32 dimensions x 3 heads at a time (SmolLM2's shape: 3 query heads per KV head).
-KERNEL_AVX2 = r"""#include <immintrin.h>
-#include <math.h>
-#include <stddef.h>
-#include <string.h>
-
+KERNEL_AVX2 = (
+    PRELUDE
+    + r"""
 static inline __m128 sum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
     __m256 t1 = _mm256_hadd_ps(a0, a1), t2 = _mm256_hadd_ps(a2, a3);
     __m256 t3 = _mm256_hadd_ps(t1, t2);
@@ -142,23 +143,10 @@ void attend(const float* q_in, const float* k_new, const float* v_new, float* kp
             const float* s = sin_t + (size_t)pos * half;
             float* K = kpool + ((size_t)(r * nkv + j) * maxlen) * hd;
             float* V = vpool + ((size_t)(r * nkv + j) * maxlen) * hd;
-            const float* kn = k_new + (size_t)(r * nkv + j) * hd;
-            float* kd = K + (size_t)pos * hd;
-            for (int i = 0; i < half; i++) {
-                float x1 = kn[i], x2 = kn[i + half];
-                kd[i] = x1 * c[i] - x2 * s[i];
-                kd[i + half] = x2 * c[i] + x1 * s[i];
-            }
+            rope(k_new + (size_t)(r * nkv + j) * hd, c, s, K + (size_t)pos * hd, half, 1.f);
             memcpy(V + (size_t)pos * hd, v_new + (size_t)(r * nkv + j) * hd, sizeof(float) * hd);
             float q[3][256] __attribute__((aligned(32)));
-            for (int h = 0; h < 3; h++) {
-                const float* qi = q_in + ((size_t)r * nh + j * g + h) * hd;
-                for (int i = 0; i < half; i++) {
-                    float x1 = qi[i], x2 = qi[i + half];
-                    q[h][i] = (x1 * c[i] - x2 * s[i]) * scale;
-                    q[h][i + half] = (x2 * c[i] + x1 * s[i]) * scale;
-                }
-            }
+            for (int h = 0; h < 3; h++) rope(q_in + ((size_t)r * nh + j * g + h) * hd, c, s, q[h], half, scale);
             float sc[3][L + 4] __attribute__((aligned(32)));
             int t = 0;
             for (; t + 4 <= L; t += 4) {
@@ -215,6 +203,7 @@ void attend(const float* q_in, const float* k_new, const float* v_new, float* kp
     }
 }
 """
+)
 
 
 KERNELS = {"c-plain": KERNEL_PLAIN, "c-avx2": KERNEL_AVX2}
@@ -242,16 +231,10 @@ def _ptr(a: np.ndarray, kind: Any = ctypes.c_float) -> Any:
 
 
 def main() -> None:
+    from attention import add_step_arguments  # the same step as attention.py, so build() takes these args
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", type=int, default=16)
-    p.add_argument("--tokens", type=int, default=128, help="cached positions each row attends to")
-    p.add_argument("--max-len", type=int, default=512)
-    p.add_argument("--layers", type=int, default=30)
-    p.add_argument("--heads", type=int, default=9)
-    p.add_argument("--kv-heads", type=int, default=3)
-    p.add_argument("--head-size", type=int, default=64)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=50)
+    add_step_arguments(p)
     p.add_argument("--way", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.heads != 3 * a.kv_heads or a.head_size > 256 or a.head_size % 32:
