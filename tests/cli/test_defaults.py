@@ -69,41 +69,42 @@ def test_help_shows_the_dataclass_defaults() -> None:
     assert f"(default {ServeConfig().timeout_ms})" in text
 
 
-def test_one_prefix_cache_default_for_generation_in_every_mode() -> None:
+def test_one_default_per_engine_limit_in_every_mode() -> None:
+    """The generation engine's limits: one default each (runtime/limits.py) in the engine, serve, batch and stream."""
+    from joules.runtime.generation.scheduler import EngineConfig
+    from joules.runtime.limits import MAX_MODEL_LEN, MAX_NUM_BATCHED_TOKENS, MAX_NUM_SEQS, PREFIX_CACHE_SLOTS
+
+    batch = build_parser().parse_args(["batch", "chat", "i.jsonl", "-o", "o.jsonl"])
+    stream = build_parser().parse_args(["stream", "chat", "--source", "-"])
+    limits = {
+        "max_model_len": MAX_MODEL_LEN,
+        "max_num_seqs": MAX_NUM_SEQS,
+        "max_num_batched_tokens": MAX_NUM_BATCHED_TOKENS,
+        "prefix_cache_slots": PREFIX_CACHE_SLOTS,
+    }
+    for name, default in limits.items():
+        seen = [getattr(x, name) for x in (EngineConfig(), ServeConfig(), batch, stream)]
+        assert seen == [default] * 4, (name, seen)
+
+
+def test_prefix_cache_slots_reach_serve_and_a_negative_count_is_refused() -> None:
     import pytest
 
     from joules.errors import ConfigError
-    from joules.runtime.generation.scheduler import EngineConfig
-    from joules.runtime.limits import PREFIX_CACHE_SLOTS
 
-    batch = build_parser().parse_args(["batch", "chat", "i.jsonl", "-o", "o.jsonl"])
-    assert (
-        EngineConfig().prefix_cache_slots
-        == ServeConfig().prefix_cache_slots
-        == batch.prefix_cache_slots
-        == PREFIX_CACHE_SLOTS
-    )
     assert serve_config(build_parser().parse_args(["serve", "--prefix-cache-slots", "0"])).prefix_cache_slots == 0
     with pytest.raises(ConfigError, match=r"prefix_cache_slots must be a whole number >= 0, got -1"):
         serve_config(build_parser().parse_args(["serve", "--prefix-cache-slots", "-1"]))
 
 
-def test_one_step_budget_for_generation_in_every_mode() -> None:
-    """--max-num-batched-tokens: one default (the engine's), the flag reaches serve and batch, and a budget
-    under the running sequences is refused with what to change, before anything loads."""
+def test_the_step_budget_reaches_serve_and_one_under_the_running_sequences_is_refused() -> None:
+    """--max-num-batched-tokens: a budget under the running sequences is refused with what to change,
+    before anything loads."""
     import pytest
 
     from joules.errors import ConfigError
     from joules.runtime.generation.scheduler import EngineConfig
-    from joules.runtime.limits import MAX_NUM_BATCHED_TOKENS
 
-    batch = build_parser().parse_args(["batch", "chat", "i.jsonl", "-o", "o.jsonl"])
-    assert (
-        EngineConfig().max_num_batched_tokens
-        == ServeConfig().max_num_batched_tokens
-        == batch.max_num_batched_tokens
-        == MAX_NUM_BATCHED_TOKENS
-    )
     args = build_parser().parse_args(["serve", "chat", "--max-num-batched-tokens", "32", "--max-num-seqs", "8"])
     assert serve_config(args).max_num_batched_tokens == 32
     bad = build_parser().parse_args(["serve", "chat", "--max-num-batched-tokens", "4", "--max-num-seqs", "8"])
