@@ -45,7 +45,7 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
         "--passes",
         default=",".join(ALL_PASSES),
         help=f"comma-separated passes (default: all: {','.join(ALL_PASSES)}; text-generation models: "
-        "int8,int8-asym,int4,int4-asym)",
+        "int8,int8-asym,int4,int4-asym,w8a8)",
     )
     p.add_argument("--preset", choices=sorted(PRESETS), default="standard", help="how hard each pass tries")
     p.add_argument("--budget-minutes", type=float, default=30.0, help="wall-clock budget of the run (default 30)")
@@ -91,7 +91,7 @@ def _is_generator(ref: str) -> bool:
 
 
 def cmd_optimize_decoder(args: argparse.Namespace) -> int:
-    """Text-generation models: weight-only int8/int4 judged by a generation budget (optimize/decoder.py)."""
+    """Text-generation models: int8/int4 weight-only and w8a8 variants, judged by a generation budget."""
     from joules.optimize.decoder import VARIANTS, DecoderOptimizeConfig, optimize_decoder
     from joules.optimize.presets import ALL_PASSES
 

@@ -1,10 +1,17 @@
-"""``joules optimize`` for text-generation models: weight-only int8 and int4, judged by a generation budget.
+"""``joules optimize`` for text-generation models: int8 and int4 variants, judged by a generation budget.
 
-Variants: the float32 original, and its MatMul weights (the output head
-included) quantized to 8 and to 4 bits in blocks of 32, symmetric (``int8``,
-``int4``) and with a zero point per block (``int8-asym``, ``int4-asym``):
-ONNX Runtime's ``MatMulNBits`` contrib operator for both widths
-(passes/weight_only.py). Each variant is a bundle the same engine serves
+Variants: the float32 original, and
+
+- its MatMul weights (the output head included) quantized to 8 and to 4 bits
+  in blocks of 32, symmetric (``int8``, ``int4``) and with a zero point per
+  block (``int8-asym``, ``int4-asym``): ONNX Runtime's ``MatMulNBits``
+  contrib operator for both widths (passes/weight_only.py); these save memory
+  reads, which is what one stream waits for;
+- ``w8a8``: int8 weights per output column and int8 activations per row, the
+  products in integers (``MatMulInteger``, passes/w8a8.py); faster at every
+  batch size, batched decoding included.
+
+Each variant is a bundle the same engine serves
 unchanged; each is measured the same way on the engine's decoder:
 
 - **greedy-token agreement** with the float32 model over a fixed set of chat
@@ -55,6 +62,7 @@ import numpy as np
 from joules.bundle import Bundle
 from joules.errors import ConfigError, JoulesError, OptimizeError
 from joules.optimize.memory import probe_generation
+from joules.optimize.passes.w8a8 import W8A8Quant
 from joules.optimize.passes.weight_only import WeightOnlyQuant
 from joules.registry import Registry, Stage
 from joules.runtime.executor import RuntimeOptions
@@ -82,6 +90,18 @@ PROMPTS = (
     "Describe a cat to someone who has never seen one.",
     "What should I pack for a weekend of hiking?",
 )
+# Calibration for passes that measure activations (w8a8's smoothing): chat prompts that are not PROMPTS, so the
+# agreement is judged on text the variant was not fitted to.
+CALIBRATION_PROMPTS = (
+    "Tell me about the history of the bicycle.",
+    "How does a refrigerator keep food cold?",
+    "Write a haiku about autumn leaves.",
+    "What is the difference between weather and climate?",
+    "Give three tips for learning a new language.",
+    "Explain what a prime number is, with examples.",
+    "Draft a polite email asking to move a meeting to Friday.",
+    "Why do we have leap years?",
+)
 HELD_OUT_SOURCE = "Lewis Carroll, Alice's Adventures in Wonderland (1865), chapter 1, first paragraphs"
 HELD_OUT = (
     "Alice was beginning to get very tired of sitting by her sister on the bank, and of having nothing to do: "
@@ -99,22 +119,25 @@ HELD_OUT = (
     "in time to see it pop down a large rabbit-hole under the hedge."
 )
 NEW_TOKENS = 32
-OPERATOR = "com.microsoft MatMulNBits"
-# Symmetric: one scale per block of 32; asymmetric: a scale and a zero point (llama.cpp's Q4_1 is the latter).
-VARIANTS: dict[str, WeightOnlyQuant] = {
-    "int8": WeightOnlyQuant(bits=8, symmetric=True),
-    "int8-asym": WeightOnlyQuant(bits=8, symmetric=False),
-    "int4": WeightOnlyQuant(bits=4, symmetric=True),
-    "int4-asym": WeightOnlyQuant(bits=4, symmetric=False),
-}
-FLOAT32 = "float32"
-MEMORY_STREAMS = 16
 
 
 class DecoderPass(Protocol):
     """Writes a variant of a decoder graph: ``src`` (+ external data) -> ``dst`` (+ ``dst.name``.data)."""
 
     def write(self, src: Path, dst: Path) -> dict[str, Any]: ...
+
+
+# Weight-only, symmetric: one scale per block of 32; asymmetric: a scale and a zero point (llama.cpp's Q4_1 is
+# the latter). w8a8: int8 weights and activations, integer products.
+VARIANTS: dict[str, DecoderPass] = {
+    "int8": WeightOnlyQuant(bits=8, symmetric=True),
+    "int8-asym": WeightOnlyQuant(bits=8, symmetric=False),
+    "int4": WeightOnlyQuant(bits=4, symmetric=True),
+    "int4-asym": WeightOnlyQuant(bits=4, symmetric=False),
+    "w8a8": W8A8Quant(),
+}
+FLOAT32 = "float32"
+MEMORY_STREAMS = 16
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -179,10 +202,13 @@ class _Judge:
         self.spec = spec
         self.tokenizer = Tokenizer.from_file(str(bundle.tokenizer_path))
         template = (bundle.path / spec.chat_template).read_text(encoding="utf-8") if spec.chat_template else None
-        self.prompts = []
-        for p in PROMPTS:
+
+        def encode(p: str) -> list[int]:
             text = render_chat(template, [{"role": "user", "content": p}]) if template else p
-            self.prompts.append(self.tokenizer.encode(text, add_special_tokens=False).ids)
+            return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+        self.prompts = [encode(p) for p in PROMPTS]
+        self.calibration = tuple(tuple(encode(p)) for p in CALIBRATION_PROMPTS)
         # The whole passage when the context holds it (SmolLM2: about 300 tokens), else its beginning.
         self.held_out = self.tokenizer.encode(HELD_OUT, add_special_tokens=False).ids[: spec.context_length // 2]
         self.max_len = min(
@@ -252,8 +278,23 @@ class _Judge:
 
 def _settings(p: DecoderPass) -> dict[str, Any]:
     if dataclasses.is_dataclass(p) and not isinstance(p, type):
-        return {"pass": type(p).__name__, **asdict(p)}
+        settings = asdict(p)
+        if "calibration" in settings:  # token ids: the lineage says how many, not which
+            settings["calibration"] = f"{len(settings['calibration'])} chat prompts (optimize/decoder.py)"
+        return {"pass": type(p).__name__, **settings}
     return {"pass": type(p).__name__}
+
+
+def _calibrated(p: DecoderPass, judge: _Judge) -> DecoderPass:
+    """``p`` with the judge's calibration texts when it measures activations and was given none."""
+    if isinstance(p, W8A8Quant) and p.smooth_alpha > 0 and not p.calibration:
+        return dataclasses.replace(p, calibration=judge.calibration)
+    return p
+
+
+def _operator(p: DecoderPass) -> str:
+    """The ONNX operator a pass writes (its ``operator``), for lineages and reports."""
+    return str(getattr(p, "operator", type(p).__name__))
 
 
 def _files_mb(bundle: Path) -> float:
@@ -267,11 +308,12 @@ def _variant_bundle(root: Bundle, out: Path, name: str, p: DecoderPass, parent: 
     skip = {"model.onnx", "model.onnx.data", *weights}
     shutil.copytree(root.path, out, ignore=lambda _d, names: [n for n in names if n in skip])
     info = p.write(root.model_path, out / "model.onnx")
+    kind = getattr(p, "name", name)
     entry = {
         "step": "optimize",
         "parent": parent,
-        "pass": f"weight-only {name}",
-        "operator": OPERATOR,
+        "pass": name if kind == name else f"{kind} {name}",  # e.g. "weight-only int4", "w8a8"
+        "operator": _operator(p),
         "settings": _settings(p),
         "written": info,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -336,7 +378,7 @@ def optimize_decoder(
     registry: Registry | None = None,
     passes: Mapping[str, DecoderPass] | None = None,
 ) -> dict[str, Any]:
-    """Build, judge and select weight-only variants of the text-generation model ``ref``; the report.
+    """Build, judge and select quantized variants of the text-generation model ``ref``; the report.
 
     ``passes`` adds (or replaces) named passes beside ``VARIANTS`` (tests inject a broken one).
     """
@@ -363,6 +405,7 @@ def optimize_decoder(
         bundles: dict[str, Bundle] = {FLOAT32: root}
         for name in config.variants:
             log.info("writing %s", name)
+            known[name] = _calibrated(known[name], judge)
             try:
                 bundles[name], info = _variant_bundle(root, Path(tmp) / name, name, known[name], mv.ref)
             except JoulesError as e:  # one pass that does not apply must not lose the others
@@ -370,7 +413,9 @@ def optimize_decoder(
                 failed.append({"name": name, "error": str(e)})
                 continue
             reports[name] = VariantReport(
-                name=name, settings={**_settings(known[name]), "operator": OPERATOR}, extra={"written": info}
+                name=name,
+                settings={**_settings(known[name]), "operator": _operator(known[name])},
+                extra={"written": info},
             )
         _judge_all(judge, bundles, reports, config)
         if config.memory_probe:
@@ -484,8 +529,10 @@ def _write_report(directory: Path, report: dict[str, Any]) -> dict[str, str]:
             f"{report['budget']['max_ppl_increase']:.0%} higher on held-out text ({report['held_out_text']}, "
             f"{report['held_out_tokens']} tokens).",
             "",
-            f"Weights: {OPERATOR} (ONNX Runtime {report['onnxruntime']}), blocks of 32 along the input dimension, "
-            "float32 scales; -asym adds a zero point per block. Speed: decode tokens/s of the decoder with "
+            f"Operators (ONNX Runtime {report['onnxruntime']}): "
+            + "; ".join(f"{v['name']}: {v['settings']['operator']}" for v in report["variants"] if v["settings"])
+            + ". int8/int4: blocks of 32 along the input dimension, float32 scales; -asym adds a zero point per "
+            "block. Speed: decode tokens/s of the decoder with "
             f"{report['threads']} threads, median of {report['rounds']} interleaved rounds. Peak RSS: a fresh "
             "process whose engine serves the bundle to 16 streams.",
             "",

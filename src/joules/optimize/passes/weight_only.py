@@ -55,7 +55,7 @@ class WeightOnlyQuant:
     def write(self, src: Path, dst: Path) -> dict[str, Any]:
         """Quantize the graph ``src`` into ``dst`` (+ its external data); what was done."""
         import onnx
-        from onnx import external_data_helper, numpy_helper
+        from onnx import numpy_helper
 
         model = onnx.load(str(src), load_external_data=True)
         graph = model.graph
@@ -114,29 +114,11 @@ class WeightOnlyQuant:
         graph.initializer.extend(kept)
         if not any(o.domain == MS_DOMAIN for o in model.opset_import):
             model.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
-        data = dst.name + ".data"
-        for t in graph.initializer:
-            if t.HasField("raw_data") and len(t.raw_data) >= 1024:
-                external_data_helper.set_external_data(t, location=data)
-        external_data_helper.convert_model_to_external_data(
-            model, all_tensors_to_one_file=True, location=data, size_threshold=1024
-        )
-        onnx.save_model(model, str(dst))
+        save_with_external_data(model, dst)
         return {"matrices": quantized, "parameters": params, "bits": self.bits, "block_size": self.block_size}
 
     def _weight(self, node: Any, inits: dict[str, Any]) -> tuple[str, np.ndarray] | None:
-        """(initializer name, [K, N] float32 weight) of a MatMul or tied-head Gemm joules can quantize."""
-        from onnx import numpy_helper
-
-        if node.op_type == "MatMul" and node.input[1] in inits:
-            w = numpy_helper.to_array(inits[node.input[1]])
-            return (node.input[1], w) if w.ndim == 2 and w.dtype == np.float32 else None
-        if self.head and node.op_type == "Gemm" and node.input[1] in inits and len(node.input) == 2:
-            attrs = {a.name: a.i for a in node.attribute if a.type == a.INT}
-            if attrs.get("transB") == 1 and not attrs.get("transA"):
-                w = numpy_helper.to_array(inits[node.input[1]])  # [N, K]
-                return (node.input[1], np.ascontiguousarray(w.T)) if w.dtype == np.float32 else None
-        return None
+        return float_weight(node, inits, head=self.head)
 
 
 def _quantize(
@@ -157,6 +139,36 @@ def _quantize(
     fn = quantize_matmul_8bits if bits == 8 else quantize_matmul_4bits
     fn(packed, w, scales, zeros, block, n, k, symmetric)
     return packed, scales.reshape(-1), (None if symmetric else zeros.reshape(-1))
+
+
+def float_weight(node: Any, inits: dict[str, Any], *, head: bool) -> tuple[str, np.ndarray] | None:
+    """(initializer name, [K, N] float32 weight) of a MatMul, or of a tied-head Gemm when ``head``; else None."""
+    from onnx import numpy_helper
+
+    if node.op_type == "MatMul" and node.input[1] in inits:
+        w = numpy_helper.to_array(inits[node.input[1]])
+        return (node.input[1], w) if w.ndim == 2 and w.dtype == np.float32 else None
+    if head and node.op_type == "Gemm" and node.input[1] in inits and len(node.input) == 2:
+        attrs = {a.name: a.i for a in node.attribute if a.type == a.INT}
+        if attrs.get("transB") == 1 and not attrs.get("transA"):
+            w = numpy_helper.to_array(inits[node.input[1]])  # [N, K]
+            return (node.input[1], np.ascontiguousarray(w.T)) if w.dtype == np.float32 else None
+    return None
+
+
+def save_with_external_data(model: Any, dst: Path) -> None:
+    """Write ``model`` to ``dst`` with every tensor of 1 KiB or more in ``dst.name + '.data'`` beside it."""
+    import onnx
+    from onnx import external_data_helper
+
+    data = dst.name + ".data"
+    for t in model.graph.initializer:
+        if t.HasField("raw_data") and len(t.raw_data) >= 1024:
+            external_data_helper.set_external_data(t, location=data)
+    external_data_helper.convert_model_to_external_data(
+        model, all_tensors_to_one_file=True, location=data, size_threshold=1024
+    )
+    onnx.save_model(model, str(dst))
 
 
 def iter_matmul_weights(model: Any) -> Iterator[str]:
