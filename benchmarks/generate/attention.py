@@ -1,6 +1,6 @@
 """What decode attention costs in ONNX Runtime on this CPU, written four ways (a measurement for the next kernel).
 
-The profile of a 16-stream decode step (profile.py) puts ONNX Runtime's GroupQueryAttention at a fifth
+The profile of a 16-stream decode step (step_profile.py) puts ONNX Runtime's GroupQueryAttention at a fifth
 of the step, about 32 us per row and layer whatever the cache length: its CPU kernel runs one small GEMM
 per (row, query head) with the keys transposed and packed on every call. This script times one step's
 attention (``--layers`` nodes, SmolLM2's shape by default: 9 query heads, 3 KV heads, head size 64) at

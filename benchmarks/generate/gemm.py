@@ -3,7 +3,7 @@
 A decode step of SmolLM2-135M multiplies ``rows`` activation rows by every weight matrix of the model
 once: per layer the fused q/k/v projection ``[576, 960]``, the output projection ``[576, 576]``, the
 fused gate/up ``[576, 3072]`` and the down projection ``[1536, 576]``, then the tied output head
-``[576, 49152]``: 0.27 GFLOP a row. profile.py puts these products at about 70 % of a 16-row step. This
+``[576, 49152]``: 0.27 GFLOP a row. step_profile.py puts these products at about 70 % of a 16-row step. This
 script times exactly those products, with distinct weights per layer as in the real model (0.54 GB in
 float32, so they stream from memory as in a real step, not from cache), side by side in one run:
 

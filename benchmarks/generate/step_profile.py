@@ -4,7 +4,7 @@ Fills ``--rows`` KV slots with a ``--prompt``-token prefill each (not profiled),
 decode steps of one token per row through ``OnnxDecoder`` with ONNX Runtime's profiler on, and prints
 the median step time and, per operator type and per MatMul/Gemm shape, the milliseconds a step spends.
 
-    JOULES_HOME=... .venv/bin/python benchmarks/generate/profile.py --model chat --rows 16
+    JOULES_HOME=... .venv/bin/python benchmarks/generate/step_profile.py --model chat --rows 16
 """
 
 from __future__ import annotations
