@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import multiprocessing
 import os
 import resource
 import signal
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -86,17 +88,27 @@ def run_joules(args: argparse.Namespace) -> dict[str, Any]:
     variant = args.system.partition(":")[2]
     if not variant:
         return _run_joules(args, bundle, settings)
-    from joules.optimize.decoder import VARIANTS, _calibrated, _Judge, _variant_bundle
+    from joules.bundle import Bundle
+    from joules.optimize.decoder import VARIANTS
 
     if variant not in VARIANTS:
         raise SystemExit(f"unknown joules variant {variant!r}; choose among {list(VARIANTS)}")
-    # The pass as `joules optimize` runs it (w8a8 calibrated on the optimizer's calibration prompts).
-    written = _calibrated(VARIANTS[variant], _Judge(bundle, args.threads))
     with tempfile.TemporaryDirectory(prefix="bench-generate-") as tmp:
-        quantized, _ = _variant_bundle(bundle, Path(tmp) / variant, variant, written, mv.ref)
-        result = _run_joules(args, quantized, settings)
+        # Written in a process of its own, so this one's peak RSS is the engine's, not the pass's.
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            pool.submit(write_variant, bundle.path, Path(tmp) / variant, variant, mv.ref, args.threads).result()
+        result = _run_joules(args, Bundle.load(Path(tmp) / variant), settings)
     result["system"] = args.system
     return result
+
+
+def write_variant(src: Path, out: Path, variant: str, parent: str, threads: int) -> None:
+    """The variant's bundle as `joules optimize` writes it (w8a8 calibrated on the optimizer's prompts)."""
+    from joules.bundle import Bundle
+    from joules.optimize.decoder import VARIANTS, _calibrated, _Judge, _variant_bundle
+
+    bundle = Bundle.load(src)
+    _variant_bundle(bundle, out, variant, _calibrated(VARIANTS[variant], _Judge(bundle, threads)), parent)
 
 
 def _run_joules(args: argparse.Namespace, bundle: Any, settings: Any) -> dict[str, Any]:
