@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from joules.errors import ConfigError
 from joules.hardware import detect_cpu_power, detect_static_watts
@@ -64,12 +64,9 @@ class Measurement:
         )
 
     def scaled(self, share: float) -> Measurement:
-        return replace(
-            self,
-            cpu_s=self.cpu_s * share,
-            wall_s=self.wall_s * share,
-            energy_j=self.energy_j * share,
-            static_j=self.static_j * share,
+        # The constructor, not dataclasses.replace: a generation step splits one measurement per sequence.
+        return Measurement(
+            self.cpu_s * share, self.wall_s * share, self.energy_j * share, self.method, self.how, self.static_j * share
         )
 
     def split(self, work: Sequence[float]) -> list[Measurement]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import mmap
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,8 @@ from joules.runtime.generation.decoder import DecoderConfig, StepSequence
 
 # A decode call over a run of slots takes up to this many dummy rows per real row rather than splitting.
 GAP_TOLERANCE = 0.25
+# IOBindings kept with their cache views bound, one per (first slot, rows) a call used lately.
+BINDINGS_KEPT = 32
 
 
 class KVPool:
@@ -137,6 +140,9 @@ class OnnxDecoder:
         # The length last written to each slot: where a dummy row may write without harm.
         self.lengths = np.zeros(num_slots, dtype=np.int64)
         self._names = [(*past_names(i), *present_names(i)) for i in range(config.num_layers)]
+        # Binding 2 x layers cache views costs about as much Python as the rest of a step; the views of a run
+        # of slots never move (the pool is mapped once), so each run's binding is made once and reused.
+        self._bindings: OrderedDict[tuple[int, int], Any] = OrderedDict()
         self._closed = False
 
     # -- the Decoder protocol ------------------------------------------------------------------------
@@ -188,6 +194,7 @@ class OnnxDecoder:
         if self._closed:
             return
         self._closed = True
+        self._bindings.clear()
         self.pool.close()
         del self.session
 
@@ -213,6 +220,29 @@ class OnnxDecoder:
             runs.append([k])
         return runs
 
+    def _binding(self, first: int, batch: int) -> Any:
+        """An IOBinding with slots ``first .. first + batch - 1``'s cache bound as past and present, reused."""
+        key = (first, batch)
+        io = self._bindings.get(key)
+        if io is not None:
+            self._bindings.move_to_end(key)
+            return io
+        io = self.session.io_binding()
+        views: list[Any] = []
+        for layer, (pk, pv, ok, ov) in enumerate(self._names):
+            k = ort.OrtValue.ortvalue_from_numpy(self.pool.keys[layer][first : first + batch])
+            v = ort.OrtValue.ortvalue_from_numpy(self.pool.values[layer][first : first + batch])
+            io.bind_ortvalue_input(pk, k)
+            io.bind_ortvalue_input(pv, v)
+            io.bind_ortvalue_output(ok, k)
+            io.bind_ortvalue_output(ov, v)
+            views.extend((k, v))
+        io.joules_views = views  # the OrtValues (and the numpy views under them) live as long as the binding
+        self._bindings[key] = io
+        if len(self._bindings) > BINDINGS_KEPT:
+            self._bindings.popitem(last=False)
+        return io
+
     def _run_rows(self, first: int, rows: Sequence[StepSequence | None], *, all_logits: bool) -> list[np.ndarray]:
         """One graph call over slots ``first .. first + len(rows) - 1``; None rows are dummies."""
         batch = len(rows)
@@ -236,21 +266,12 @@ class OnnxDecoder:
                 picks.append(b * width + n - 1)
         index = np.asarray(picks, dtype=np.int64)
         logits = np.empty((len(picks), self.config.vocab_size), dtype=np.float32)
-        io = self.session.io_binding()
+        io = self._binding(first, batch)
         io.bind_cpu_input(INPUT_IDS, ids)
         io.bind_cpu_input(SEQLENS_K, seqlens)
         io.bind_cpu_input(TOTAL_SEQUENCE_LENGTH, np.array(int(seqlens.max()) + 1, dtype=np.int32))
         io.bind_cpu_input(LOGITS_INDEX, index)
         io.bind_output(LOGITS, "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
-        views: list[Any] = []  # keep the OrtValues alive until the call returns
-        for layer, (pk, pv, ok, ov) in enumerate(self._names):
-            k = ort.OrtValue.ortvalue_from_numpy(self.pool.keys[layer][first : first + batch])
-            v = ort.OrtValue.ortvalue_from_numpy(self.pool.values[layer][first : first + batch])
-            io.bind_ortvalue_input(pk, k)
-            io.bind_ortvalue_input(pv, v)
-            io.bind_ortvalue_output(ok, k)
-            io.bind_ortvalue_output(ov, v)
-            views.extend((k, v))
         try:
             self.session.run_with_iobinding(io)
         except (RuntimeError, ort_state.Fail, ort_state.InvalidArgument, ort_state.RuntimeException) as e:
