@@ -10,7 +10,9 @@ tokens, end-of-sequence ignored so every stream makes all 128. Measured per syst
 - peak resident memory of the process that runs the model.
 
 Each system runs in its own process (``--system NAME`` runs one and prints a JSON line); without
-``--system`` this script runs them one after the other and prints a table and the JSON.
+``--system`` this script runs them one after the other and prints a table and the JSON. On a shared
+machine, ``--repeat N`` runs every system N times, interleaved (a different one first each time), and
+reports each figure's median over the N runs; the ratios of the targets are ratios of those medians.
 
     .venv/bin/python benchmarks/generate/bench.py --model chat --threads 2
     .venv/bin/python benchmarks/generate/bench.py --model chat --systems joules --concurrency 1,16
@@ -396,6 +398,35 @@ def run_llamacpp(args: argparse.Namespace) -> dict[str, Any]:
 RUNNERS = {"joules": run_joules, "transformers": run_transformers, "llama.cpp": run_llamacpp}
 
 
+MEDIAN_FIGURES = ("ttft_s", "decode_tokens_per_s", "peak_rss_mb")
+MEDIAN_LEVEL_FIGURES = ("tokens_per_s", "itl_p50_ms", "itl_p99_ms", "ttft_p50_s")
+
+
+def median_result(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One system's figures as the median over its runs (each figure on its own); the runs kept under 'runs'."""
+    if len(runs) == 1:
+        return runs[0]
+
+    def med(values: list[Any]) -> Any:
+        present = [v for v in values if v is not None]
+        return statistics.median(present) if present else None
+
+    out = {**runs[0], **{k: med([r.get(k) for r in runs]) for k in MEDIAN_FIGURES}}
+    levels = []
+    for lv in runs[0]["levels"]:
+        same = [x for r in runs for x in r["levels"] if x["streams"] == lv["streams"]]
+        levels.append({**lv, **{k: med([x.get(k) for x in same]) for k in MEDIAN_LEVEL_FIGURES}})
+    out["levels"] = levels
+    out["runs"] = [
+        {
+            **{k: r.get(k) for k in MEDIAN_FIGURES},
+            "tokens_per_s": {lv["streams"]: lv["tokens_per_s"] for lv in r["levels"]},
+        }
+        for r in runs
+    ]
+    return out
+
+
 def _level(r: dict[str, Any] | None, streams: int) -> float | None:
     lv = next((lv for lv in (r or {}).get("levels", []) if lv["streams"] == streams), None)
     return lv["tokens_per_s"] if lv else None
@@ -481,26 +512,42 @@ def main() -> int:
     p.add_argument("--hf-max-batch", type=int, default=16, help="largest static batch given to transformers")
     p.add_argument("--llama-server", help="path to llama.cpp's llama-server binary")
     p.add_argument("--out", type=Path, help="also write the JSON here")
+    p.add_argument(
+        "--repeat", type=int, default=1, help="run every system this many times, interleaved; report medians"
+    )
     args = p.parse_args()
     args.concurrency = [int(x) for x in str(args.concurrency).split(",")]
     if args.system:
         print(json.dumps(RUNNERS[args.system.partition(":")[0]](args)), flush=True)
         return 0
-    results = []
-    for name in args.systems.split(","):
-        cmd = [sys.executable, __file__, "--system", name, *sys.argv[1:]]
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if proc.returncode != 0:
-            print(f"{name}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
-            continue
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(f"{name}: done", file=sys.stderr, flush=True)
+    names = args.systems.split(",")
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for rep in range(args.repeat):
+        # Interleaved: every system once per repeat, a different one first each time, so a slow spell of a
+        # shared machine falls on all of them alike.
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
+            cmd = [sys.executable, __file__, "--system", name, *sys.argv[1:]]
+            env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if proc.returncode != 0:
+                print(f"{name}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+                continue
+            runs[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            print(f"{name}: done ({rep + 1} of {args.repeat})", file=sys.stderr, flush=True)
+    results = [median_result(runs[name]) for name in names if runs[name]]
     goals = targets(results)
+    if args.repeat > 1:
+        print(f"medians of {args.repeat} interleaved runs per system (each run's figures under 'runs' in the JSON)")
     print(table(results))
     print()
     print(targets_table(goals))
-    out = {"threads": args.threads, "new_tokens": args.new_tokens, "results": results, "targets": goals}
+    out = {
+        "threads": args.threads,
+        "new_tokens": args.new_tokens,
+        "repeat": args.repeat,
+        "results": results,
+        "targets": goals,
+    }
     print(json.dumps(out, indent=1))
     if args.out:
         args.out.write_text(json.dumps(out, indent=1))
