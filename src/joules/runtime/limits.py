@@ -7,6 +7,8 @@ from here, so "rows per model call" means the same number in every mode.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from joules.errors import ConfigError
 
 # Rows per model call: a cap the planner (planning.py) cuts under. Past ~32 rows of short texts
@@ -53,3 +55,11 @@ def check_step_budget(max_num_batched_tokens: int, max_num_seqs: int) -> None:
             "each running sequence takes a token of every step; raise --max-num-batched-tokens or lower "
             "--max-num-seqs"
         )
+
+
+def check_whole_numbers(config: object, bounds: Iterable[tuple[str, int]]) -> None:
+    """Each named attribute of ``config`` is an int (not a bool) >= its low bound; else a ConfigError naming it."""
+    for name, low in bounds:
+        v = getattr(config, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ConfigError(f"{name} must be a whole number >= {low}, got {v!r}")

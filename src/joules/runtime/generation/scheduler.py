@@ -32,7 +32,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from joules.errors import ConfigError
 from joules.runtime.generation.decoder import Decoder
 from joules.runtime.generation.sequence import Sequence, Status
 from joules.runtime.limits import (
@@ -41,6 +40,7 @@ from joules.runtime.limits import (
     MAX_NUM_SEQS,
     PREFIX_CACHE_SLOTS,
     check_step_budget,
+    check_whole_numbers,
 )
 
 
@@ -58,19 +58,19 @@ class EngineConfig:
     retry_after_s: int = 1  # what a refused request is told
 
     def __post_init__(self) -> None:
-        for name, low in (
-            ("max_model_len", 2),
-            ("max_num_seqs", 1),
-            ("max_num_batched_tokens", 1),
-            ("max_waiting", 0),
-            ("kv_cache_bytes", 1),
-            ("prefix_cache_slots", 0),
-            ("min_prefix_tokens", 1),
-            ("retry_after_s", 1),
-        ):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ConfigError(f"{name} must be a whole number >= {low}, got {v!r}")
+        check_whole_numbers(
+            self,
+            (
+                ("max_model_len", 2),
+                ("max_num_seqs", 1),
+                ("max_num_batched_tokens", 1),
+                ("max_waiting", 0),
+                ("kv_cache_bytes", 1),
+                ("prefix_cache_slots", 0),
+                ("min_prefix_tokens", 1),
+                ("retry_after_s", 1),
+            ),
+        )
         check_step_budget(self.max_num_batched_tokens, self.max_num_seqs)
 
     @property

@@ -20,6 +20,7 @@ from joules.runtime.limits import (
     MAX_TEXT_BYTES,
     PREFIX_CACHE_SLOTS,
     check_step_budget,
+    check_whole_numbers,
 )
 from joules.runtime.options import RuntimeOptions
 from joules.serve.engines import ParallelOptions
@@ -126,16 +127,16 @@ class ServeConfig:
             raise ConfigError(f"spin_us must be in [0, 1000000] (0: never spin), got {self.spin_us}")
         if not isinstance(self.max_text_bytes, int) or self.max_text_bytes < 1:
             raise ConfigError(f"max_text_bytes must be a whole number >= 1, got {self.max_text_bytes!r}")
-        for name, low in (
-            ("max_model_len", 2),
-            ("max_num_seqs", 1),
-            ("max_waiting_seqs", 0),
-            ("max_num_batched_tokens", 1),
-            ("prefix_cache_slots", 0),
-        ):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ConfigError(f"{name} must be a whole number >= {low}, got {v!r}")
+        check_whole_numbers(
+            self,
+            (
+                ("max_model_len", 2),
+                ("max_num_seqs", 1),
+                ("max_waiting_seqs", 0),
+                ("max_num_batched_tokens", 1),
+                ("prefix_cache_slots", 0),
+            ),
+        )
         check_step_budget(self.max_num_batched_tokens, self.max_num_seqs)
         if self.rules_file is not None and not Path(self.rules_file).is_file():
             raise ConfigError(f"rule file {str(self.rules_file)!r} does not exist")
