@@ -173,3 +173,22 @@ def test_thread_clock_counts_worker_threads_not_other_python_threads() -> None:
     assert r.cpu_s >= 0.05
     assert spent[0] > 0.01, "the bystander ran"
     assert r.cpu_s <= proc - 0.5 * spent[0] + 0.01, "the bystander's CPU time is not the call's"
+
+
+def test_of_shares_is_the_sum_of_the_scaled_parts() -> None:
+    a = Measurement(0.9, 0.3, 12.0, MEASURED, "rapl", 3.0)
+    b = Measurement(0.2, 0.1, 1.5, MODELLED, "model", 0.5)
+    zero_how = Measurement(0.0, 0.0, 0.0, MODELLED, "idle")  # not zero: its how still marks the sum as mixed
+    cases = [
+        [],
+        [(a, 0.5)],
+        [(a, 0.25), (a, 0.5), (ZERO, 0.3)],
+        [(a, 0.1), (b, 0.7), (a, 0.2)],
+        [(b, 0.0), (a, 1.0)],  # a part scaled to nothing is skipped, as + skips it
+        [(a, 0.5), (zero_how, 1.0)],
+    ]
+    for parts in cases:
+        chained = ZERO
+        for m, w in parts:
+            chained = chained + m.scaled(w)
+        assert Measurement.of_shares(parts) == chained, parts

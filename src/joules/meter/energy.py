@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from joules.errors import ConfigError
@@ -68,6 +68,27 @@ class Measurement:
         return Measurement(
             self.cpu_s * share, self.wall_s * share, self.energy_j * share, self.method, self.how, self.static_j * share
         )
+
+    @staticmethod
+    def of_shares(parts: Iterable[tuple[Measurement, float]]) -> Measurement:
+        """``m1.scaled(w1) + m2.scaled(w2) + ...`` in one pass, without the objects in between (a generation
+        sequence keeps one (step's measurement, its share) pair a step and is priced once, at its end)."""
+        cpu = wall = energy = static = 0.0
+        method: str | None = None
+        how: str | None = None
+        for m, w in parts:
+            c, t, j = m.cpu_s * w, m.wall_s * w, m.energy_j * w
+            if c == 0 and t == 0 and j == 0 and not m.how:  # a zero part: + skips it
+                continue
+            cpu += c
+            wall += t
+            energy += j
+            static += m.static_j * w
+            method = m.method if method is None or method == m.method else MODELLED
+            how = m.how if how is None or how == m.how else MIXED
+        if method is None or how is None:
+            return ZERO
+        return Measurement(cpu, wall, energy, method, how, static)
 
     def split(self, work: Sequence[float]) -> list[Measurement]:
         """This call's figures divided among its requests by their share of the work (tokens or rows)."""

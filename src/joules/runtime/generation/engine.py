@@ -490,10 +490,12 @@ class Engine:
                 self.abort(s.id)
 
     def _charge(self, plan: list[Scheduled], m: Measurement) -> None:
+        """Each sequence's share of the step (its tokens over the step's), priced when it finishes."""
         if m.is_zero:
             return
-        for p, part in zip(plan, m.split([p.n for p in plan]), strict=True):
-            p.seq.measurement = p.seq.measurement + part
+        total = sum(p.n for p in plan)  # every scheduled sequence has n >= 1 tokens
+        for p in plan:
+            p.seq.charges.append((m, p.n / total))
 
     def _advance(self, p: Scheduled, row: np.ndarray, now: float) -> tuple[Seq, GenerationDelta | None, str | None]:
         """Record the step for one sequence; sample when its logits are for a new token."""
@@ -506,7 +508,9 @@ class Engine:
             self._counters.prompt_tokens += len(s.prompt_ids)
             self._scheduler.prompt_done(s)
         params = s.params
-        if not np.isfinite(row).all():
+        # A finite sum means every logit is finite (NaN and infinities never sum to a finite number); only a
+        # non-finite sum (or a finite overflow) needs the element-wise check.
+        if not np.isfinite(row.sum()) and not np.isfinite(row).all():
             return s, None, ERROR
         seen = np.fromiter(s.seen, np.int64, len(s.seen)) if params.repetition_penalty != 1.0 else _NO_IDS
         penalised = apply_penalties(row, params, seen, s.counts)
@@ -558,7 +562,7 @@ class Engine:
             error = (
                 f"the model produced non-finite logits (NaN or infinity) at completion token {len(s.output_ids) + 1}"
             )
-        cost = self.cost_model.price(s.measurement) if self.cost_model is not None else None
+        cost = self.cost_model.price(Measurement.of_shares(s.charges)) if self.cost_model is not None else None
         tail = s.text.flush() if reason in (STOP, LENGTH) else ""
         base = delta or GenerationDelta(request_id=s.id)
         self._deliver(

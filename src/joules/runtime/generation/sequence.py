@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from joules.meter import ZERO, Measurement
+from joules.meter import Measurement
 from joules.runtime.generation.request import GenerationDelta, GenerationRequest
 from joules.runtime.generation.sampling import SamplingParams
 from joules.runtime.generation.text import TextStream
@@ -40,7 +40,8 @@ class Sequence:
     seen: set[int] = field(default_factory=set)  # prompt and completion tokens, for the repetition penalty
     arrived: float = field(default_factory=time.perf_counter)
     last_token_at: float | None = None
-    measurement: Measurement = ZERO
+    # (a step's measurement, this sequence's share of it), one per step it ran in: Measurement.of_shares prices it.
+    charges: list[tuple[Measurement, float]] = field(default_factory=list)
     aborted: bool = False
     preemptions: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
