@@ -11,6 +11,8 @@ float32, so they stream from memory as in a real step, not from cache), side by 
 - ``int8`` / ``int4`` at ``accuracy_level`` 4 (int8 activations per block of a row) and 1 (float32
   activations): ONNX Runtime's MatMulNBits, packed by joules' own weight-only pass (asymmetric, blocks
   of 32: the ``int8-asym`` / ``int4-asym`` variants of ``joules optimize``);
+- ``w8a8``: int8 weights per column and uint8 activations per row, ONNX's MatMulInteger (the ``w8a8``
+  variant; here the two inputs are quantized once each, where the model quantizes every product's input);
 Each system runs in a process of its own, with the engine's session options (``RuntimeOptions``,
 spinning 100 us after a call): sessions timed side by side in one process slow each other down (up to
 1.4x here), and numpy's BLAS threads, spinning between calls, slowed every session beside them more
@@ -42,6 +44,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from joules.optimize.passes.w8a8 import W8A8Quant
 from joules.optimize.passes.weight_only import WeightOnlyQuant
 from joules.runtime.executor import RuntimeOptions, session_options
 
@@ -131,7 +134,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--calls", type=int, default=10, help="timed calls per row count in each round")
     p.add_argument("--child", help=argparse.SUPPRESS)
-    p.add_argument("--systems", default="float32,int8-acc4,int4-acc4,int4-acc1")
+    p.add_argument("--systems", default="float32,int8-acc4,int4-acc4,int4-acc1,w8a8")
     p.add_argument("--layers", type=int, default=30)
     p.add_argument("--hidden", type=int, default=576)
     p.add_argument("--intermediate", type=int, default=1536)
@@ -156,6 +159,9 @@ def main() -> None:
         for s in systems:
             if s == "float32":
                 paths[s] = base
+            elif s == "w8a8":  # no smoothing: it changes the weights' values, not the products' cost
+                paths[s] = Path(tmp) / f"{s}.onnx"
+                W8A8Quant(smooth_alpha=0).write(base, paths[s])
             else:
                 bits, acc = s.removeprefix("int").split("-acc")
                 paths[s] = Path(tmp) / f"{s}.onnx"
