@@ -142,6 +142,7 @@ def test_the_chosen_variant_is_served_by_the_engine_unchanged(chat_registry: Reg
     mv = chat_registry.get(f"chat:{report['chosen']['version']}")
     bundle = Bundle.load(mv.path)
     assert bundle.spec.lineage[-1]["pass"] == "weight-only int4"
+    assert bundle.spec.lineage[-1]["operator"] == "com.microsoft MatMulNBits"
     assert bundle.spec.lineage[-1]["metrics"]["agreement"] == report["variants"][1]["agreement"]
     assert "weights" not in bundle.spec.files  # the float32 safetensors stay with the original
     engine = bundle_engine(mv.path, EngineConfig(max_model_len=64, max_num_seqs=2))

@@ -34,6 +34,7 @@ class WeightOnlyQuant:
     """A decoder's MatMul weights to ``bits`` bits in blocks of ``block_size``."""
 
     name: ClassVar[str] = "weight-only"
+    operator: ClassVar[str] = f"{MS_DOMAIN} MatMulNBits"
     bits: int = 4
     block_size: int = 32
     symmetric: bool = False
