@@ -288,111 +288,117 @@ def run_transformers(args: argparse.Namespace) -> dict[str, Any]:
 # -- llama.cpp -----------------------------------------------------------------------------------
 
 
-def run_llamacpp(args: argparse.Namespace) -> dict[str, Any]:
+def _llama_server(args: argparse.Namespace, slots: int) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``llama-server -np slots`` (512 tokens of context a slot) on a free port; (process, base URL)."""
     import httpx
 
-    if not args.llama_server:
-        raise SystemExit("--llama-server PATH is needed for the llama.cpp peer (see docs/generate.md)")
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    slots = max(args.concurrency)
+    # fmt: off
     proc = subprocess.Popen(
-        [
-            args.llama_server,
-            "-m",
-            str(gguf_path()),
-            "-t",
-            str(args.threads),
-            "-np",
-            str(min(slots, 64)),
-            "-c",
-            str(512 * min(slots, 64)),
-            "--port",
-            str(port),
-            "--host",
-            "127.0.0.1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        [args.llama_server, "-m", str(gguf_path()), "-t", str(args.threads), "-np", str(slots),
+         "-c", str(512 * slots), "--port", str(port), "--host", "127.0.0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
+    # fmt: on
     base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(base + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        tok = httpx.post(base + "/tokenize", json={"content": PROMPT_TEXT}, timeout=30).json()["tokens"]
-        prompt = tok[: args.prompt_tokens]
-        body = {
-            "prompt": prompt,
-            "n_predict": args.new_tokens,
-            "temperature": 0,
-            "ignore_eos": True,
-            "stream": True,
-            "cache_prompt": False,
-        }
+    for _ in range(600):
+        try:
+            if httpx.get(base + "/health", timeout=2).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise SystemExit(f"llama-server -np {slots} did not become healthy in 300 s")
 
-        def one() -> tuple[float, list[float]]:
-            t0 = time.perf_counter()
-            stamps: list[float] = []
-            with httpx.stream("POST", base + "/completion", json=body, timeout=600) as r:
-                for line in r.iter_lines():
-                    if line.startswith("data:"):
-                        stamps.append(time.perf_counter())
-            return stamps[0] - t0, stamps
 
-        one()
-        ttft = statistics.median(one()[0] for _ in range(3))
-        _, stamps = one()
-        decode = (len(stamps) - 2) / (stamps[-2] - stamps[0])
+def run_llamacpp(args: argparse.Namespace) -> dict[str, Any]:
+    """llama-server with ``-np N`` for N concurrent streams (a server per level, as the issue runs it); the
+    one-stream figures come from the ``-np 16`` server (or the largest level's, if below 16)."""
+    import httpx
 
-        def level(c: int) -> dict[str, Any]:
-            ttfts: list[float] = []
-            itl: list[float] = []
-            count = 0
-            lock = threading.Lock()
+    if not args.llama_server:
+        raise SystemExit("--llama-server PATH is needed for the llama.cpp peer (see docs/generate.md)")
+    single_slots = min(16, max(args.concurrency))
+    levels: list[dict[str, Any]] = []
+    rss = 0.0
+    ttft = decode = 0.0
+    prompt: list[int] = []
+    for slots in sorted({*args.concurrency, single_slots}):
+        proc, base = _llama_server(args, slots)
+        try:
+            tok = httpx.post(base + "/tokenize", json={"content": PROMPT_TEXT}, timeout=30).json()["tokens"]
+            prompt = tok[: args.prompt_tokens]
+            body = {
+                "prompt": prompt,
+                "n_predict": args.new_tokens,
+                "temperature": 0,
+                "ignore_eos": True,
+                "stream": True,
+                "cache_prompt": False,
+            }
 
-            def client() -> None:
-                nonlocal count
-                for _ in range(args.rounds):
-                    t, st = one()
-                    with lock:
-                        ttfts.append(t)
-                        itl.extend(b - a for a, b in itertools.pairwise(st[:-1]))  # the last event is the end
-                        count += len(st) - 1
+            def one(base: str = base, body: dict[str, Any] = body) -> tuple[float, list[float]]:
+                t0 = time.perf_counter()
+                stamps: list[float] = []
+                with httpx.stream("POST", base + "/completion", json=body, timeout=600) as r:
+                    for line in r.iter_lines():
+                        if line.startswith("data:"):
+                            stamps.append(time.perf_counter())
+                return stamps[0] - t0, stamps
 
-            threads = [threading.Thread(target=client) for _ in range(c)]
-            t0 = time.perf_counter()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            lv = summary(c, count, time.perf_counter() - t0, ttfts, itl)
-            return {k: v for k, v in lv.items() if not k.startswith("_")}
+            one()
+            if slots == single_slots:
+                ttft = statistics.median(one()[0] for _ in range(3))
+                _, stamps = one()
+                decode = (len(stamps) - 2) / (stamps[-2] - stamps[0])
+            if slots in args.concurrency:
+                levels.append(_llama_level(args, slots, one))
+            with open(f"/proc/{proc.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        rss = max(rss, int(line.split()[1]) / 1024)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+    return {
+        "system": "llama.cpp",
+        "precision": "Q4_1 (GGUF as shipped)",
+        "prompt_tokens": len(prompt),
+        "ttft_s": ttft,
+        "decode_tokens_per_s": decode,
+        "levels": sorted(levels, key=lambda lv: lv["streams"]),
+        "peak_rss_mb": rss,
+    }
 
-        levels = [level(c) for c in args.concurrency]
-        rss = 0.0
-        with open(f"/proc/{proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    rss = int(line.split()[1]) / 1024
-        return {
-            "system": "llama.cpp",
-            "precision": "Q4_1 (GGUF as shipped)",
-            "prompt_tokens": len(prompt),
-            "ttft_s": ttft,
-            "decode_tokens_per_s": decode,
-            "levels": levels,
-            "peak_rss_mb": rss,
-        }
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+
+def _llama_level(args: argparse.Namespace, c: int, one: Any) -> dict[str, Any]:
+    """``c`` closed-loop clients, ``args.rounds`` requests each, against one llama-server."""
+    ttfts: list[float] = []
+    itl: list[float] = []
+    count = 0
+    lock = threading.Lock()
+
+    def client() -> None:
+        nonlocal count
+        for _ in range(args.rounds):
+            t, st = one()
+            with lock:
+                ttfts.append(t)
+                itl.extend(b - a for a, b in itertools.pairwise(st[:-1]))  # the last event is the end
+                count += len(st) - 1
+
+    threads = [threading.Thread(target=client) for _ in range(c)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lv = summary(c, count, time.perf_counter() - t0, ttfts, itl)
+    return {k: v for k, v in lv.items() if not k.startswith("_")}
 
 
 RUNNERS = {"joules": run_joules, "transformers": run_transformers, "llama.cpp": run_llamacpp}
