@@ -7,6 +7,7 @@ workers) and no other Ray on the machine (``ray stop`` would stop every one).
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -75,10 +76,16 @@ class RayHead:
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
     # Token authentication, as Ray 2.60 sets up for its local clusters: the head and every driver the tests
-    # start (they inherit this environment) use the token in ~/.ray/auth_token, created if absent.
+    # start (they inherit this environment) use a token of this test run's own. `ray start` does not create
+    # one, and ~/.ray/auth_token does not exist on a fresh machine (CI) until some local ray.init() writes it.
+    directory = tmp_path_factory.mktemp("ray")
+    token = directory / "auth_token"
+    token.write_text(secrets.token_hex(32))  # what Ray's own generator writes
+    token.chmod(0o600)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_AUTH_MODE", "token")
-        head = RayHead(tmp_path_factory.mktemp("ray") / "head.log")
+        mp.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+        head = RayHead(directory / "head.log")
         try:
             yield head.wait_ready()
         finally:
