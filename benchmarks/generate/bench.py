@@ -139,36 +139,16 @@ def _run_joules(args: argparse.Namespace, bundle: Any, settings: Any) -> dict[st
 
         engine.start(GenerationRequest(prompt_token_ids=prompt, params=params), sink)
 
-    def closed_loop(clients: int, rounds: int) -> dict[str, Any]:
-        ttft: list[float] = []
-        itl: list[float] = []
-        tokens = 0
-        lock = threading.Lock()
-
-        def client() -> None:
-            nonlocal tokens
-            for _ in range(rounds):
-                stamps: list[float] = []
-                done = threading.Event()
-                t0 = time.perf_counter()
-                one(stamps, done)
-                done.wait()
-                with lock:
-                    ttft.append(stamps[0] - t0)
-                    itl.extend(b - a for a, b in itertools.pairwise(stamps))
-                    tokens += len(stamps)
-
-        threads = [threading.Thread(target=client) for _ in range(clients)]
-        start = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - start
-        return summary(clients, tokens, wall, ttft, itl)
+    def request() -> tuple[float, list[float]]:
+        stamps: list[float] = []
+        done = threading.Event()
+        t0 = time.perf_counter()
+        one(stamps, done)
+        done.wait()
+        return stamps[0] - t0, stamps
 
     # Warm-up: one request (first calls allocate ONNX Runtime's buffers).
-    closed_loop(1, 1)
+    run_closed_loop(1, 1, request)
     ttfts = []
     for _ in range(3):
         stamps: list[float] = []
@@ -180,8 +160,8 @@ def _run_joules(args: argparse.Namespace, bundle: Any, settings: Any) -> dict[st
         )
         done.wait()
         ttfts.append(stamps[0] - t0)
-    single = closed_loop(1, 1)
-    levels = [closed_loop(c, args.rounds) for c in args.concurrency]
+    single = run_closed_loop(1, 1, request)
+    levels = [run_closed_loop(c, args.rounds, request) for c in args.concurrency]
     stats = engine.stats()
     engine.close()
     return {
@@ -212,6 +192,32 @@ def summary(clients: int, tokens: int, wall: float, ttft: list[float], itl: list
         "ttft_p50_s": percentile(ttft, 50),
         "_itl": itl,
     }
+
+
+def run_closed_loop(clients: int, rounds: int, request: Any) -> dict[str, Any]:
+    """``clients`` threads, each sending ``rounds`` requests one after the other (a closed loop); ``request()``
+    makes one and returns (time to first token, the arrival time of each of its tokens)."""
+    ttft: list[float] = []
+    itl: list[float] = []
+    tokens = 0
+    lock = threading.Lock()
+
+    def client() -> None:
+        nonlocal tokens
+        for _ in range(rounds):
+            first, stamps = request()
+            with lock:
+                ttft.append(first)
+                itl.extend(b - a for a, b in itertools.pairwise(stamps))
+                tokens += len(stamps)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return summary(clients, tokens, time.perf_counter() - start, ttft, itl)
 
 
 # -- transformers --------------------------------------------------------------------------------
@@ -356,7 +362,13 @@ def run_llamacpp(args: argparse.Namespace) -> dict[str, Any]:
                 _, stamps = one()
                 decode = (len(stamps) - 2) / (stamps[-2] - stamps[0])
             if slots in args.concurrency:
-                levels.append(_llama_level(args, slots, one))
+
+                def request(one: Any = one) -> tuple[float, list[float]]:
+                    first, stamps = one()
+                    return first, stamps[:-1]  # the last event ends the stream: no token in it
+
+                lv = run_closed_loop(slots, args.rounds, request)
+                levels.append({k: v for k, v in lv.items() if not k.startswith("_")})
             with open(f"/proc/{proc.pid}/status") as f:
                 for line in f:
                     if line.startswith("VmHWM:"):
@@ -373,32 +385,6 @@ def run_llamacpp(args: argparse.Namespace) -> dict[str, Any]:
         "levels": sorted(levels, key=lambda lv: lv["streams"]),
         "peak_rss_mb": rss,
     }
-
-
-def _llama_level(args: argparse.Namespace, c: int, one: Any) -> dict[str, Any]:
-    """``c`` closed-loop clients, ``args.rounds`` requests each, against one llama-server."""
-    ttfts: list[float] = []
-    itl: list[float] = []
-    count = 0
-    lock = threading.Lock()
-
-    def client() -> None:
-        nonlocal count
-        for _ in range(args.rounds):
-            t, st = one()
-            with lock:
-                ttfts.append(t)
-                itl.extend(b - a for a, b in itertools.pairwise(st[:-1]))  # the last event is the end
-                count += len(st) - 1
-
-    threads = [threading.Thread(target=client) for _ in range(c)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    lv = summary(c, count, time.perf_counter() - t0, ttfts, itl)
-    return {k: v for k, v in lv.items() if not k.startswith("_")}
 
 
 RUNNERS = {"joules": run_joules, "transformers": run_transformers, "llama.cpp": run_llamacpp}
