@@ -66,3 +66,15 @@ def assert_beats_chance(y_true: np.ndarray, y_pred: np.ndarray, what: str) -> No
         f"{what}: accuracy {np.mean(y_pred == y_true):.3f} does not beat always-{majority} "
         f"({np.mean(y_true == majority):.3f}) significantly: {test}"
     )
+
+
+def greedy_tokens(bundle_dir: Path, prompt: str = "Héllo", max_tokens: int = 4) -> tuple[int, ...]:
+    """The tokens a text-generation bundle's engine generates for ``prompt`` (greedy, end of sequence ignored)."""
+    from joules.runtime.generation import EngineConfig, GenerationRequest, SamplingParams, bundle_engine
+
+    engine = bundle_engine(bundle_dir, EngineConfig(max_model_len=64, max_num_seqs=2))
+    try:
+        params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+        return tuple(engine.generate(GenerationRequest(prompt=prompt, params=params)).token_ids)
+    finally:
+        engine.close()
