@@ -64,14 +64,9 @@ static inline void rope(const float* x, const float* c, const float* s, float* y
 }
 """
 
-KERNEL_PLAIN = (
-    PRELUDE
-    + r"""
-
-/* One decode step's attention for one layer. q [rows, nh, hd], k_new/v_new [rows, nkv, hd],
-   kpool/vpool [rows, nkv, maxlen, hd] (written at position lens[r]-1), cos/sin [maxlen, hd/2],
-   out [rows, nh, hd]. Query head h uses KV head h / (nh / nkv). */
-void attend(const float* q_in, const float* k_new, const float* v_new, float* kpool, float* vpool,
+# The kernels' shared opening: the signature, the rows x KV heads loop over the threads, and the new key
+# (rotated) and value written into the cache at the row's last position; each kernel goes on from there.
+ATTEND_HEAD = r"""void attend(const float* q_in, const float* k_new, const float* v_new, float* kpool, float* vpool,
             const int* lens, const float* cos_t, const float* sin_t, float* out,
             int rows, int nh, int nkv, int hd, int maxlen, float scale) {
     const int g = nh / nkv, half = hd / 2;
@@ -85,7 +80,18 @@ void attend(const float* q_in, const float* k_new, const float* v_new, float* kp
             float* V = vpool + ((size_t)(r * nkv + j) * maxlen) * hd;
             rope(k_new + (size_t)(r * nkv + j) * hd, c, s, K + (size_t)pos * hd, half, 1.f);
             memcpy(V + (size_t)pos * hd, v_new + (size_t)(r * nkv + j) * hd, sizeof(float) * hd);
-            float q[8][256];
+"""
+
+KERNEL_PLAIN = (
+    PRELUDE
+    + r"""
+
+/* One decode step's attention for one layer. q [rows, nh, hd], k_new/v_new [rows, nkv, hd],
+   kpool/vpool [rows, nkv, maxlen, hd] (written at position lens[r]-1), cos/sin [maxlen, hd/2],
+   out [rows, nh, hd]. Query head h uses KV head h / (nh / nkv). */
+"""
+    + ATTEND_HEAD
+    + r"""            float q[8][256];
             for (int h = 0; h < g; h++) rope(q_in + ((size_t)r * nh + j * g + h) * hd, c, s, q[h], half, scale);
             float sc[8][L];
             float mx[8], sum[8], acc[8][256];
@@ -131,21 +137,9 @@ static inline __m128 sum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
 }
 
 /* Same contract as the plain kernel; the 3 query heads of a KV head (g == 3), hd % 32 == 0. */
-void attend(const float* q_in, const float* k_new, const float* v_new, float* kpool, float* vpool,
-            const int* lens, const float* cos_t, const float* sin_t, float* out,
-            int rows, int nh, int nkv, int hd, int maxlen, float scale) {
-    const int g = nh / nkv, half = hd / 2;
-    #pragma omp parallel for schedule(static) collapse(2)
-    for (int r = 0; r < rows; r++) {
-        for (int j = 0; j < nkv; j++) {
-            const int L = lens[r], pos = L - 1;
-            const float* c = cos_t + (size_t)pos * half;
-            const float* s = sin_t + (size_t)pos * half;
-            float* K = kpool + ((size_t)(r * nkv + j) * maxlen) * hd;
-            float* V = vpool + ((size_t)(r * nkv + j) * maxlen) * hd;
-            rope(k_new + (size_t)(r * nkv + j) * hd, c, s, K + (size_t)pos * hd, half, 1.f);
-            memcpy(V + (size_t)pos * hd, v_new + (size_t)(r * nkv + j) * hd, sizeof(float) * hd);
-            float q[3][256] __attribute__((aligned(32)));
+"""
+    + ATTEND_HEAD
+    + r"""            float q[3][256] __attribute__((aligned(32)));
             for (int h = 0; h < 3; h++) rope(q_in + ((size_t)r * nh + j * g + h) * hd, c, s, q[h], half, scale);
             float sc[3][L + 4] __attribute__((aligned(32)));
             int t = 0;
