@@ -142,7 +142,8 @@ class OnnxDecoder:
         self._names = [(*past_names(i), *present_names(i)) for i in range(config.num_layers)]
         # Binding 2 x layers cache views costs about as much Python as the rest of a step; the views of a run
         # of slots never move (the pool is mapped once), so each run's binding is made once and reused.
-        self._bindings: OrderedDict[tuple[int, int], Any] = OrderedDict()
+        # (first slot, rows) -> (the IOBinding, the OrtValues bound in it, kept alive as long as it is)
+        self._bindings: OrderedDict[tuple[int, int], tuple[Any, list[Any]]] = OrderedDict()
         self._closed = False
 
     # -- the Decoder protocol ------------------------------------------------------------------------
@@ -223,10 +224,10 @@ class OnnxDecoder:
     def _binding(self, first: int, batch: int) -> Any:
         """An IOBinding with slots ``first .. first + batch - 1``'s cache bound as past and present, reused."""
         key = (first, batch)
-        io = self._bindings.get(key)
-        if io is not None:
+        kept = self._bindings.get(key)
+        if kept is not None:
             self._bindings.move_to_end(key)
-            return io
+            return kept[0]
         io = self.session.io_binding()
         views: list[Any] = []
         for layer, (pk, pv, ok, ov) in enumerate(self._names):
@@ -237,8 +238,7 @@ class OnnxDecoder:
             io.bind_ortvalue_output(ok, k)
             io.bind_ortvalue_output(ov, v)
             views.extend((k, v))
-        io.joules_views = views  # the OrtValues (and the numpy views under them) live as long as the binding
-        self._bindings[key] = io
+        self._bindings[key] = (io, views)
         if len(self._bindings) > BINDINGS_KEPT:
             self._bindings.popitem(last=False)
         return io
