@@ -112,3 +112,17 @@ def test_the_step_budget_reaches_serve_and_one_under_the_running_sequences_is_re
         serve_config(bad)
     with pytest.raises(ConfigError, match=r"max_num_batched_tokens \(8\) must be >= max_num_seqs \(64\)"):
         EngineConfig(max_num_batched_tokens=8)
+
+
+def test_batch_invariance_is_off_by_default_in_every_mode_and_the_flag_reaches_each() -> None:
+    """--batch-invariant (one product layout: a sequence's bits never depend on its batch) is an opt-in."""
+    from joules.runtime.generation.scheduler import EngineConfig
+
+    batch = ["batch", "chat", "i.jsonl", "-o", "o.jsonl"]
+    stream = ["stream", "chat", "--source", "-"]
+    parse = build_parser().parse_args
+    off = [EngineConfig(), ServeConfig(), parse(batch), parse(stream), serve_config(parse(["serve"]))]
+    assert [x.batch_invariant for x in off] == [False] * 5
+    on = [parse([*batch, "--batch-invariant"]), parse([*stream, "--batch-invariant"])]
+    on.append(serve_config(parse(["serve", "--batch-invariant"])))
+    assert [x.batch_invariant for x in on] == [True] * 3

@@ -69,6 +69,13 @@ def read_rules_mapping(path: Path) -> dict[str, Any]:
     return data
 
 
+# --batch-invariant, on every command that runs a text-generation engine (serve, batch, stream).
+BATCH_INVARIANT_HELP = (
+    "every product in one layout, so a sequence's logits have the same bits alone and in any batch; without it, "
+    "batched decode steps run a faster layout that can differ by rounding (docs/generate.md)"
+)
+
+
 def add_parallel_options(p: argparse.ArgumentParser) -> None:
     """``--tensor-parallel`` and ``--max-worker-memory``: how a generative model is split (serve/engines.py)."""
     p.add_argument(

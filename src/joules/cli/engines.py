@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from joules.cli.common import add_parallel_options, parallel_options, runtime_options
+from joules.cli.common import BATCH_INVARIANT_HELP, add_parallel_options, parallel_options, runtime_options
 
 
 def add_generation_options(p: argparse.ArgumentParser) -> None:
@@ -46,6 +46,7 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
         default=PREFIX_CACHE_SLOTS,
         help="computed prompts kept for prompts that start the same way; 0: none (default %(default)s)",
     )
+    g.add_argument("--batch-invariant", action="store_true", help=BATCH_INVARIANT_HELP)
     add_parallel_options(p)
 
 
@@ -72,6 +73,7 @@ def open_engine(args: argparse.Namespace, found: tuple[Any, Any, Any]) -> Any:
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
         prefix_cache_slots=args.prefix_cache_slots,
+        batch_invariant=args.batch_invariant,
     )
     return open_generation_engine(
         bundle,

@@ -7,7 +7,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from joules.cli.common import add_engine_options, add_parallel_options, default, parallel_options, ray_place
+from joules.cli.common import (
+    BATCH_INVARIANT_HELP,
+    add_engine_options,
+    add_parallel_options,
+    default,
+    parallel_options,
+    ray_place,
+)
 from joules.cli.cost import add_pricing_options, pricing_overrides
 from joules.errors import ConfigError
 from joules.runtime.batching import BatchingConfig
@@ -182,6 +189,7 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
         help="computed prompts kept so a later prompt that starts the same way (a system prompt, a chat's "
         "history) reuses their keys and values; 0: no prefix caching (default %(default)s)",
     )
+    gen.add_argument("--batch-invariant", action="store_true", help=BATCH_INVARIANT_HELP)
     add_parallel_options(p)
     # How each response's X-Joules-* cost is priced; flags win over JOULES_* variables and config.yaml.
     add_pricing_options(p)
@@ -236,6 +244,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         max_waiting_seqs=args.max_waiting_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
         prefix_cache_slots=args.prefix_cache_slots,
+        batch_invariant=args.batch_invariant,
     )
 
 

@@ -45,7 +45,13 @@ def engine_from_bundle(
     config = config or EngineConfig(max_model_len=min(EngineConfig().max_model_len, spec.context_length))
     settings = settings or load_settings()
     options = options or DEFAULT_OPTIONS
-    decoder = OnnxDecoder(bundle.model_path, decoder_config(spec, config.max_model_len), config.num_slots, options)
+    decoder = OnnxDecoder(
+        bundle.model_path,
+        decoder_config(spec, config.max_model_len),
+        config.num_slots,
+        options,
+        batch_invariant=config.batch_invariant,
+    )
     template = (bundle.path / spec.chat_template).read_text(encoding="utf-8") if spec.chat_template else None
     return Engine(
         decoder,

@@ -15,10 +15,17 @@ the slot's valid cache, which is garbage by contract) rather than splitting the
 call. Sequences with several new tokens (prompt chunks) run one per call, so
 a 2,000-token prompt chunked by the engine never pads anybody else's row.
 
-fp32 arithmetic here is batch-invariant: ONNX Runtime's MLAS GEMM gives a row
-the same bits whatever the number of rows beside it, and attention is computed
-per row, so a sequence's logits do not depend on its neighbours or on how its
-prompt was chunked (tests/runtime/generation check this).
+Calls of 8 to 16 tokens (batched decode steps) run a second session whose
+float32 products are laid out for few rows (columns.py): products about 1.5x
+faster at 16 rows, for a second copy of the float32 weights.
+
+With ``batch_invariant`` (no column session), fp32 arithmetic here is
+batch-invariant: ONNX Runtime's MLAS GEMM gives a row the same bits whatever
+the number of rows beside it, and attention is computed per row, so a
+sequence's logits do not depend on its neighbours or on how its prompt was
+chunked (tests/runtime/generation check this). Without it, a sequence's logits
+inside a batched decode step can differ from its logits alone by rounding
+(columns.py says why and how much).
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from joules.bundle.generation import (
 )
 from joules.errors import ConfigError, EngineUnavailableError
 from joules.runtime.executor import RuntimeOptions, choose_providers, session_options
+from joules.runtime.generation.columns import COLUMN_MAX_TOKENS, COLUMN_MIN_TOKENS, column_graph
 from joules.runtime.generation.decoder import DecoderConfig, StepSequence
 
 # A decode call over a run of slots takes up to this many dummy rows per real row rather than splitting.
@@ -127,23 +135,35 @@ class OnnxDecoder:
         config: DecoderConfig,
         num_slots: int,
         options: RuntimeOptions | None = None,
+        *,
+        batch_invariant: bool = False,
     ) -> None:
         if num_slots < 1:
             raise ConfigError(f"num_slots must be >= 1, got {num_slots}")
         self.config = config
         self.num_slots = num_slots
         options = options or RuntimeOptions()
-        self.session = ort.InferenceSession(
-            str(model_path), session_options(options), providers=choose_providers(options)
-        )
+        providers = choose_providers(options)
+        self.session = ort.InferenceSession(str(model_path), session_options(options), providers=providers)
+        # The column layout is for MLAS (CPU); other providers have their own kernels.
+        self.columns: Any = None
+        self._column_values: list[Any] = []
+        if not batch_invariant and providers == ["CPUExecutionProvider"]:
+            graph = column_graph(model_path)
+            if graph is not None:
+                so = session_options(options)
+                self._column_values = graph.session_options(so)  # read in place: kept alive with the session
+                self.columns = ort.InferenceSession(graph.model, so, providers=providers)
+        # Calls run by each layout (step_profile.py and the tests read it).
+        self.calls = {"rows": 0, "columns": 0}
         self.pool = KVPool(config, num_slots)
         # The length last written to each slot: where a dummy row may write without harm.
         self.lengths = np.zeros(num_slots, dtype=np.int64)
         self._names = [(*past_names(i), *present_names(i)) for i in range(config.num_layers)]
         # Binding 2 x layers cache views costs about as much Python as the rest of a step; the views of a run
         # of slots never move (the pool is mapped once), so each run's binding is made once and reused.
-        # (first slot, rows) -> (the IOBinding, the OrtValues bound in it, kept alive as long as it is)
-        self._bindings: OrderedDict[tuple[int, int], tuple[Any, list[Any]]] = OrderedDict()
+        # (layout, first slot, rows) -> (the IOBinding, the OrtValues bound in it, kept alive as long as it is)
+        self._bindings: OrderedDict[tuple[str, int, int], tuple[Any, list[Any]]] = OrderedDict()
         self._closed = False
 
     # -- the Decoder protocol ------------------------------------------------------------------------
@@ -198,6 +218,8 @@ class OnnxDecoder:
         self._bindings.clear()
         self.pool.close()
         del self.session
+        self.columns = None
+        self._column_values = []
 
     # -- calls ---------------------------------------------------------------------------------------
 
@@ -221,14 +243,20 @@ class OnnxDecoder:
             runs.append([k])
         return runs
 
-    def _binding(self, first: int, batch: int) -> Any:
+    def _layout(self, tokens: int) -> tuple[str, Any]:
+        """The session for a call of ``tokens`` tokens: the column layout for a few, else the bundle's graph."""
+        if self.columns is not None and COLUMN_MIN_TOKENS <= tokens <= COLUMN_MAX_TOKENS:
+            return "columns", self.columns
+        return "rows", self.session
+
+    def _binding(self, layout: str, session: Any, first: int, batch: int) -> Any:
         """An IOBinding with slots ``first .. first + batch - 1``'s cache bound as past and present, reused."""
-        key = (first, batch)
+        key = (layout, first, batch)
         kept = self._bindings.get(key)
         if kept is not None:
             self._bindings.move_to_end(key)
             return kept[0]
-        io = self.session.io_binding()
+        io = session.io_binding()
         views: list[Any] = []
         for layer, (pk, pv, ok, ov) in enumerate(self._names):
             k = ort.OrtValue.ortvalue_from_numpy(self.pool.keys[layer][first : first + batch])
@@ -266,16 +294,18 @@ class OnnxDecoder:
                 picks.append(b * width + n - 1)
         index = np.asarray(picks, dtype=np.int64)
         logits = np.empty((len(picks), self.config.vocab_size), dtype=np.float32)
-        io = self._binding(first, batch)
+        layout, session = self._layout(batch * width)
+        io = self._binding(layout, session, first, batch)
         io.bind_cpu_input(INPUT_IDS, ids)
         io.bind_cpu_input(SEQLENS_K, seqlens)
         io.bind_cpu_input(TOTAL_SEQUENCE_LENGTH, np.array(int(seqlens.max()) + 1, dtype=np.int32))
         io.bind_cpu_input(LOGITS_INDEX, index)
         io.bind_output(LOGITS, "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
         try:
-            self.session.run_with_iobinding(io)
+            session.run_with_iobinding(io)
         except (RuntimeError, ort_state.Fail, ort_state.InvalidArgument, ort_state.RuntimeException) as e:
             raise EngineUnavailableError(f"the decoder graph failed: {e}") from e
+        self.calls[layout] += 1
         for b, r in enumerate(rows):
             if r is not None:
                 self.lengths[first + b] = r.start + len(r.tokens)

@@ -56,6 +56,9 @@ class EngineConfig:
     prefix_cache_slots: int = PREFIX_CACHE_SLOTS  # prompts kept for reuse (0: no prefix caching)
     min_prefix_tokens: int = 16  # shorter shared prefixes are recomputed
     retry_after_s: int = 1  # what a refused request is told
+    # True: one layout of the products for every call, so a row's logits never depend on its neighbours;
+    # False: batched decode steps run a faster layout that can differ by rounding (runtime/generation/columns.py).
+    batch_invariant: bool = False
 
     def __post_init__(self) -> None:
         check_whole_numbers(

@@ -93,6 +93,7 @@ class ServeConfig:
     max_waiting_seqs: int = 256  # completions queued beyond the running ones; past it, 503 + Retry-After
     max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS  # tokens per engine step: decodes, then prompt chunks
     prefix_cache_slots: int = PREFIX_CACHE_SLOTS  # computed prompts kept for reuse (0: no prefix caching)
+    batch_invariant: bool = False  # True: a sequence's logits never depend on the batch (one product layout)
 
     def __post_init__(self) -> None:
         from joules.registry.names import validate_name  # the registry is loaded only when serving

@@ -404,6 +404,7 @@ class ModelRepository:
             max_waiting=cfg.max_waiting_seqs,
             max_num_batched_tokens=cfg.max_num_batched_tokens,
             prefix_cache_slots=cfg.prefix_cache_slots,
+            batch_invariant=cfg.batch_invariant,
         )
         engine = open_generation_engine(
             bundle,
