@@ -104,3 +104,14 @@ def test_a_graph_without_float_weights_gets_no_column_layout(tmp_path: Path) -> 
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x, w], [y])
     onnx.save(helper.make_model(graph), tmp_path / "model.onnx")
     assert column_graph(tmp_path / "model.onnx") is None
+
+
+def test_a_pool_too_small_for_a_batched_step_gets_no_column_layout(tiny_llm_bundle: Path) -> None:
+    # joules generate and joules chat keep a few slots: a second copy of the weights would never be used.
+    d = decoder(tiny_llm_bundle, batch_invariant=False, slots=COLUMN_MIN_TOKENS - 1)
+    try:
+        assert d.columns is None
+        d.step([StepSequence(slot=0, start=0, tokens=np.arange(1, COLUMN_MIN_TOKENS + 1))])
+        assert d.calls == {"rows": 1, "columns": 0}
+    finally:
+        d.close()

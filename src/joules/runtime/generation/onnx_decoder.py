@@ -145,10 +145,11 @@ class OnnxDecoder:
         options = options or RuntimeOptions()
         providers = choose_providers(options)
         self.session = ort.InferenceSession(str(model_path), session_options(options), providers=providers)
-        # The column layout is for MLAS (CPU); other providers have their own kernels.
+        # The column layout is for MLAS (CPU; other providers have their own kernels) and for decode steps of
+        # COLUMN_MIN_TOKENS rows or more: a pool with fewer slots (`joules generate`, `joules chat`) never has one.
         self.columns: Any = None
         self._column_values: list[Any] = []
-        if not batch_invariant and providers == ["CPUExecutionProvider"]:
+        if not batch_invariant and num_slots >= COLUMN_MIN_TOKENS and providers == ["CPUExecutionProvider"]:
             graph = column_graph(model_path)
             if graph is not None:
                 so = session_options(options)
