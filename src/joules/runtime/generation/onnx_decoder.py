@@ -31,7 +31,9 @@ inside a batched decode step can differ from its logits alone by rounding
 from __future__ import annotations
 
 import contextlib
+import logging
 import mmap
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,6 +57,8 @@ from joules.errors import ConfigError, EngineUnavailableError
 from joules.runtime.executor import RuntimeOptions, choose_providers, session_options
 from joules.runtime.generation.columns import COLUMN_MAX_TOKENS, COLUMN_MIN_TOKENS, column_graph
 from joules.runtime.generation.decoder import DecoderConfig, StepSequence
+
+log = logging.getLogger(__name__)
 
 # A decode call over a run of slots takes up to this many dummy rows per real row rather than splitting.
 GAP_TOLERANCE = 0.25
@@ -150,11 +154,21 @@ class OnnxDecoder:
         self.columns: Any = None
         self._column_values: list[Any] = []
         if not batch_invariant and num_slots >= COLUMN_MIN_TOKENS and providers == ["CPUExecutionProvider"]:
+            began = time.perf_counter()
             graph = column_graph(model_path)
             if graph is not None:
                 so = session_options(options)
                 self._column_values = graph.session_options(so)  # read in place: kept alive with the session
                 self.columns = ort.InferenceSession(graph.model, so, providers=providers)
+                log.info(
+                    "%s: decode steps of %d-%d rows run the column layout (%d MB of transposed weights, built in "
+                    "%.1f s; --batch-invariant turns it off)",
+                    model_path,
+                    COLUMN_MIN_TOKENS,
+                    COLUMN_MAX_TOKENS,
+                    sum(a.nbytes for a in graph.arrays) >> 20,
+                    time.perf_counter() - began,
+                )
         # Calls run by each layout (step_profile.py and the tests read it).
         self.calls = {"rows": 0, "columns": 0}
         self.pool = KVPool(config, num_slots)
