@@ -115,3 +115,51 @@ def test_a_pool_too_small_for_a_batched_step_gets_no_column_layout(tiny_llm_bund
         assert d.calls == {"rows": 1, "columns": 0}
     finally:
         d.close()
+
+
+def test_the_column_graph_computes_what_the_bundle_graph_does(tmp_path: Path) -> None:
+    """Around its products: a vector constant rides along [tokens, width]; a [1, 1, n] one (which would
+    broadcast a 2-D value to 3-D) gets the value back in its own shape first; outputs keep their shapes."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from joules.bundle.generation import INPUT_IDS
+
+    rng = np.random.default_rng(0)
+    vocab, hidden, inner = 50, 24, 40
+    arrays = {
+        "embed": rng.standard_normal((vocab, hidden)),
+        "w1": rng.standard_normal((hidden, inner)),
+        "gamma": rng.standard_normal(inner),
+        "bias3": rng.standard_normal((1, 1, inner)),
+        "w2": rng.standard_normal((inner, hidden)),
+    }
+    inits = [numpy_helper.from_array(a.astype(np.float32), n) for n, a in arrays.items()]
+    inits.append(numpy_helper.from_array(np.array([-1, hidden], np.int64), "flat"))
+    nodes = [
+        helper.make_node("Gather", ["embed", INPUT_IDS], ["h"]),
+        helper.make_node("MatMul", ["h", "w1"], ["a"]),
+        helper.make_node("Mul", ["a", "gamma"], ["m"]),
+        helper.make_node("Add", ["m", "bias3"], ["b"]),
+        helper.make_node("MatMul", ["b", "w2"], ["d"]),
+        helper.make_node("Reshape", ["d", "flat"], ["d2"]),
+    ]
+    ids = helper.make_tensor_value_info(INPUT_IDS, TensorProto.INT64, ["batch", "sequence"])
+    outs = [
+        helper.make_tensor_value_info("d", TensorProto.FLOAT, ["batch", "sequence", hidden]),
+        helper.make_tensor_value_info("d2", TensorProto.FLOAT, ["tokens", hidden]),
+    ]
+    model = helper.make_model(helper.make_graph(nodes, "g", [ids], outs, inits))
+    onnx.save(model, tmp_path / "model.onnx")
+    feed = {INPUT_IDS: rng.integers(0, vocab, (2, 3))}
+    want = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, feed)
+
+    graph = column_graph(tmp_path / "model.onnx")
+    assert graph is not None and len(graph.arrays) == 2  # w1 and w2, transposed
+    so = ort.SessionOptions()
+    kept = graph.session_options(so)
+    got = ort.InferenceSession(graph.model, so, providers=["CPUExecutionProvider"]).run(None, feed)
+    assert kept and [g.shape for g in got] == [(2, 3, hidden), (6, hidden)]
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)

@@ -169,10 +169,16 @@ def column_graph(model_path: Path) -> ColumnGraph | None:
             ok = attrs.get("axis", -1) == -1 and not any(node.output[1:])
         else:
             ok = node.op_type in ELEMENTWISE
-        activations = [i for i in node.input if i and i not in protos and i not in graph_inputs]
-        return ok and bool(activations) and all(i in flat_of for i in activations)
+        # Every other input flat too, and constants no more than a vector (broadcast along the last axis).
+        activations = [i for i in node.input if i and i not in protos]
+        constants = [protos[i] for i in node.input if i in protos]
+        return (
+            ok
+            and bool(activations)
+            and all(i in flat_of for i in activations)
+            and all(len(t.dims) <= 1 for t in constants)
+        )
 
-    graph_inputs = {i.name for i in graph.input}
     # A gated MLP (gate_up product -> Split -> SiLU(gate) * up -> down product) stays in the column layout
     # between its two products: the elementwise part does not care, and two Transposes go.
     mlp = gated_mlps(graph.node, float_matrix, {o.name for o in graph.output})
