@@ -65,8 +65,8 @@ def main() -> None:
         if layout == "columns":
             graph = column_graph(bundle.model_path)
             assert graph is not None
-            values = graph.session_options(so)  # noqa: F841 (read in place by the session)
-            session = decoder.columns = ort.InferenceSession(graph.model, so, providers=choose_providers(options))
+            session, decoder._column_values = graph.session(so, choose_providers(options))
+            decoder.columns = session
         else:
             session = decoder.session = ort.InferenceSession(
                 str(bundle.model_path), so, providers=choose_providers(options)

@@ -38,6 +38,16 @@ TOTAL_SEQUENCE_LENGTH = "total_sequence_length"  # int32 scalar: the longest row
 LOGITS_INDEX = "logits_index"  # int64 [n]: rows of the flattened [batch * sequence] tokens to score
 LOGITS = "logits"  # float32 [n, vocab]
 DECODER_INPUTS = (INPUT_IDS, SEQLENS_K, TOTAL_SEQUENCE_LENGTH, LOGITS_INDEX)
+MS_DOMAIN = "com.microsoft"  # ONNX Runtime's contrib operators (GroupQueryAttention, MatMulNBits, ...)
+
+
+def is_tied_head(node: Any) -> bool:
+    """The output head as decoder graphs write it: ``Gemm(x, embedding, transB=1)``, no bias, no scaling."""
+    if node.op_type != "Gemm" or len(node.input) != 2:
+        return False
+    ints = {a.name: a.i for a in node.attribute if a.type == a.INT}
+    floats = {a.name: a.f for a in node.attribute if a.type == a.FLOAT}
+    return ints.get("transB") == 1 and not ints.get("transA") and floats.get("alpha", 1.0) == 1.0
 
 
 def past_names(layer: int) -> tuple[str, str]:

@@ -35,6 +35,7 @@ from joules.bundle.generation import (
     INPUT_IDS,
     LOGITS,
     LOGITS_INDEX,
+    MS_DOMAIN,
     SEQLENS_K,
     TOTAL_SEQUENCE_LENGTH,
     past_names,
@@ -43,7 +44,6 @@ from joules.bundle.generation import (
 from joules.errors import BundleError
 
 OPSET = 17
-MS_DOMAIN = "com.microsoft"
 DATA_FILE = "model.onnx.data"
 ALIGN = 4096  # ONNX Runtime can map page-aligned external tensors instead of copying them
 SMALL = 1024  # tensors under this many bytes stay inside model.onnx

@@ -158,8 +158,8 @@ def test_the_column_graph_computes_what_the_bundle_graph_does(tmp_path: Path) ->
     graph = column_graph(tmp_path / "model.onnx")
     assert graph is not None and len(graph.arrays) == 2  # w1 and w2, transposed
     so = ort.SessionOptions()
-    kept = graph.session_options(so)
-    got = ort.InferenceSession(graph.model, so, providers=["CPUExecutionProvider"]).run(None, feed)
+    session, kept = graph.session(so, ["CPUExecutionProvider"])
+    got = session.run(None, feed)
     assert kept and [g.shape for g in got] == [(2, 3, hidden), (6, hidden)]
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)

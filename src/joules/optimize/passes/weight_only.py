@@ -24,9 +24,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from joules.bundle.generation import MS_DOMAIN, is_tied_head
 from joules.errors import OptimizeError
-
-MS_DOMAIN = "com.microsoft"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -149,11 +148,9 @@ def float_weight(node: Any, inits: dict[str, Any], *, head: bool) -> tuple[str, 
     if node.op_type == "MatMul" and node.input[1] in inits:
         w = numpy_helper.to_array(inits[node.input[1]])
         return (node.input[1], w) if w.ndim == 2 and w.dtype == np.float32 else None
-    if head and node.op_type == "Gemm" and node.input[1] in inits and len(node.input) == 2:
-        attrs = {a.name: a.i for a in node.attribute if a.type == a.INT}
-        if attrs.get("transB") == 1 and not attrs.get("transA"):
-            w = numpy_helper.to_array(inits[node.input[1]])  # [N, K]
-            return (node.input[1], np.ascontiguousarray(w.T)) if w.dtype == np.float32 else None
+    if head and is_tied_head(node) and node.input[1] in inits:
+        w = numpy_helper.to_array(inits[node.input[1]])  # [N, K]
+        return (node.input[1], np.ascontiguousarray(w.T)) if w.dtype == np.float32 else None
     return None
 
 

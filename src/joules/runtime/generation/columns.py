@@ -43,9 +43,8 @@ from typing import Any
 
 import numpy as np
 
-from joules.bundle.generation import INPUT_IDS
+from joules.bundle.generation import INPUT_IDS, MS_DOMAIN, is_tied_head
 
-MS_DOMAIN = "com.microsoft"
 # Calls of COLUMN_MIN_TOKENS..COLUMN_MAX_TOKENS tokens run in the column layout: MLAS' kernel takes the
 # activations in one panel of 16 columns, so fewer than 8 pay mostly for padding and 17-32 take two passes
 # over the weights. Measured on SmolLM2 (docs/benchmarks.md), 2 rows 0.8x, 4-6 0.9x, 8 1.09x, 12 1.07-1.10x,
@@ -63,8 +62,9 @@ class ColumnGraph:
     names: list[str] = field(default_factory=list)
     arrays: list[np.ndarray] = field(default_factory=list)
 
-    def session_options(self, so: Any) -> list[Any]:
-        """Set ``so`` (ONNX Runtime SessionOptions) up for this graph; the OrtValues to keep alive with it."""
+    def session(self, so: Any, providers: list[str]) -> tuple[Any, list[Any]]:
+        """An ONNX Runtime session of this graph with SessionOptions ``so``, and the OrtValues it reads in
+        place (keep them alive as long as the session)."""
         import onnxruntime as ort
 
         # The graph is loaded from memory: its external data is found in the bundle's directory.
@@ -73,7 +73,7 @@ class ColumnGraph:
         for name, value in zip(self.names, values, strict=True):
             # A shared initializer: ONNX Runtime reads the array in place instead of the graph's data.
             so.add_initializer(name, value)
-        return values
+        return ort.InferenceSession(self.model, so, providers=providers), values
 
 
 def column_graph(model_path: Path) -> ColumnGraph | None:
@@ -91,9 +91,7 @@ def column_graph(model_path: Path) -> ColumnGraph | None:
         return t is not None and t.data_type == TensorProto.FLOAT and len(t.dims) == 2
 
     def is_head(node: Any) -> bool:
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        plain = attrs.get("alpha", 1.0) == 1.0 and not attrs.get("transA", 0) and attrs.get("transB", 0) == 1
-        return node.op_type == "Gemm" and len(node.input) == 2 and plain and float_matrix(node.input[1])
+        return is_tied_head(node) and float_matrix(node.input[1])
 
     if not any((n.op_type == "MatMul" and float_matrix(n.input[1])) or is_head(n) for n in graph.node):
         return None
@@ -214,7 +212,7 @@ def column_graph(model_path: Path) -> ColumnGraph | None:
                 helper.make_node("Transpose", [y + ".yT"], [flat_output(y, n)], perm=[1, 0]),
             ]
         elif is_head(node):
-            x, y = rows3(node.input[0]) if node.input[0] in flat_of else node.input[0], node.output[0]
+            x, y = node.input[0] if node.input[0] in present else flat_of[node.input[0]], node.output[0]
             nodes += [
                 helper.make_node("FusedMatMul", [node.input[1], x], [y + ".yT"], domain=MS_DOMAIN, transB=1, alpha=1.0),
                 helper.make_node("Transpose", [y + ".yT"], [y], perm=[1, 0]),

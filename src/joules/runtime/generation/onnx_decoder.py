@@ -157,9 +157,7 @@ class OnnxDecoder:
             began = time.perf_counter()
             graph = column_graph(model_path)
             if graph is not None:
-                so = session_options(options)
-                self._column_values = graph.session_options(so)  # read in place: kept alive with the session
-                self.columns = ort.InferenceSession(graph.model, so, providers=providers)
+                self.columns, self._column_values = graph.session(session_options(options), providers)
                 log.info(
                     "%s: decode steps of %d-%d rows run the column layout (%d MB of transposed weights, built in "
                     "%.1f s; --batch-invariant turns it off)",
