@@ -149,6 +149,8 @@ def column_graph(model_path: Path) -> ColumnGraph | None:
         return flat_of[x]
 
     def rows3(x: str) -> str:
+        """``x`` under its own name, shaped [batch, sequence, width]: every activation of a joules decoder
+        graph ahead of the output head has that shape (bundle/generation.py)."""
         if x not in present:
             nodes.append(helper.make_node("Reshape", [flat_of[x], out_shape(width[x])], [x]))
             present.add(x)
